@@ -1,0 +1,1 @@
+"""Code shared by more than one stage of aidetect (training, export, gateway, serving)."""

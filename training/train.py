@@ -1,0 +1,220 @@
+"""Train a detector: `python -m training.train --help`.
+
+A run folder holds everything the next stages need, so it carries its own state:
+`model.keras` (best checkpoint by val_accuracy), `config.json` (what was trained, on which
+data fingerprint, with which code), `history.json`, `data_report.json`, and after the built-in
+evaluation `evaluation.json` + `plots/`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from training.data import (
+    by_split,
+    data_report,
+    dataset_fingerprint,
+    limit_per_split,
+    load_examples,
+    with_splits,
+)
+from training.pipeline import BATCH_SIZE, NO_AUGMENTATION, AugmentationConfig
+
+logger = logging.getLogger("training.train")
+
+
+@dataclass
+class TrainingConfig:
+    data: str
+    backbone: str = "efficientnet_lite0"
+    weights: str | None = "imagenet"
+    epochs: int = 50
+    batch_size: int = BATCH_SIZE
+    learning_rate: float = 1e-3
+    early_stopping_patience: int = 5
+    reduce_lr_factor: float = 0.5
+    reduce_lr_patience: int = 3
+    fine_tune_blocks: int = 0
+    fine_tune_epochs: int = 10
+    fine_tune_learning_rate: float = 1e-5
+    augment: bool = True
+    augmentation: dict[str, Any] = field(default_factory=lambda: AugmentationConfig().to_dict())
+    seed: int = 42
+    limit_per_split: int | None = None  # small smoke runs only
+
+
+def code_version() -> str:
+    """Git commit of the code that trained the model (with `-dirty` when uncommitted changes exist)."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")
+
+
+def train(config: TrainingConfig, output: Path) -> dict[str, Any]:
+    """Train, checkpoint the best epoch, optionally fine-tune, evaluate. Returns the evaluation report."""
+    import keras
+    import tensorflow as tf
+
+    from training import evaluate, models
+    from training.pipeline import make_dataset
+
+    keras.utils.set_random_seed(config.seed)
+    output.mkdir(parents=True, exist_ok=True)
+    examples = with_splits(load_examples(Path(config.data)))
+    examples = limit_per_split(examples, config.limit_per_split)
+    train_examples, validation_examples = by_split(examples, "train"), by_split(examples, "val")
+    if not train_examples or not validation_examples:
+        raise ValueError("training needs a train and a val split (fit() always gets validation data)")
+
+    report = data_report(examples)
+    (output / "data_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    augmentation = AugmentationConfig(**config.augmentation) if config.augment else NO_AUGMENTATION
+    train_data = make_dataset(
+        train_examples,
+        training=True,
+        batch_size=config.batch_size,
+        augmentation=augmentation,
+        seed=config.seed,
+    )
+    validation_data = make_dataset(validation_examples, training=False, batch_size=config.batch_size)
+
+    run_info = {
+        **asdict(config),
+        "data_fingerprint": dataset_fingerprint(examples),
+        "code_version": code_version(),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "versions": {
+            "python": platform.python_version(),
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+        },
+        "machine": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores",
+    }
+    (output / "config.json").write_text(json.dumps(run_info, indent=2) + "\n")
+
+    model = models.build_classifier(config.backbone, config.weights)
+    models.compile_classifier(model, config.learning_rate)
+    checkpoint_path = output / "model.keras"
+    callbacks = [
+        keras.callbacks.EarlyStopping(
+            monitor="val_accuracy",
+            mode="max",
+            patience=config.early_stopping_patience,
+            restore_best_weights=True,
+        ),
+        keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=config.reduce_lr_factor, patience=config.reduce_lr_patience
+        ),
+        keras.callbacks.ModelCheckpoint(
+            checkpoint_path, monitor="val_accuracy", mode="max", save_best_only=True
+        ),
+    ]
+    started = time.monotonic()
+    history = model.fit(
+        train_data, validation_data=validation_data, epochs=config.epochs, callbacks=callbacks, verbose=2
+    )
+    combined_history = {key: [float(value) for value in values] for key, values in history.history.items()}
+
+    if config.fine_tune_blocks > 0:
+        # keras-io recipe: unfreeze the top blocks, recompile, continue at a low learning rate.
+        model = models.load_classifier(checkpoint_path)
+        unfrozen = models.unfreeze_top_blocks(model, config.backbone, config.fine_tune_blocks)
+        logger.info("fine-tuning %d layers of the top %d blocks", unfrozen, config.fine_tune_blocks)
+        models.compile_classifier(model, config.fine_tune_learning_rate)
+        best_before = max(combined_history["val_accuracy"])
+        fine_tune_checkpoint = keras.callbacks.ModelCheckpoint(
+            checkpoint_path,
+            monitor="val_accuracy",
+            mode="max",
+            save_best_only=True,
+            initial_value_threshold=best_before,
+        )
+        fine_history = model.fit(
+            train_data,
+            validation_data=validation_data,
+            epochs=config.fine_tune_epochs,
+            callbacks=[callbacks[0], callbacks[1], fine_tune_checkpoint],
+            verbose=2,
+        )
+        for key, values in fine_history.history.items():
+            combined_history.setdefault(key, []).extend(float(value) for value in values)
+
+    (output / "history.json").write_text(json.dumps(combined_history, indent=2) + "\n")
+    run_info["training_seconds"] = round(time.monotonic() - started, 1)
+    run_info["epochs_run"] = len(combined_history["loss"])
+    (output / "config.json").write_text(json.dumps(run_info, indent=2) + "\n")
+    return evaluate.evaluate_run(output)
+
+
+def main(
+    data: Annotated[
+        Path, typer.Option(help="Dataset: manifest folder/CSV, Kaggle train.csv, or real/ + ai/ folders")
+    ],
+    output: Annotated[
+        Path, typer.Option(help="Run folder to write (model.keras, config.json, evaluation.json, plots/)")
+    ],
+    backbone: Annotated[str, typer.Option(help="resnet50 | efficientnet_lite0")] = "efficientnet_lite0",
+    weights: Annotated[
+        str, typer.Option(help="'imagenet', a weights file, or 'none' (random init)")
+    ] = "imagenet",
+    epochs: Annotated[
+        int, typer.Option(help="Maximum epochs (early stopping on val_accuracy, patience 5)")
+    ] = 50,
+    batch_size: Annotated[int, typer.Option()] = BATCH_SIZE,
+    learning_rate: Annotated[float, typer.Option()] = 1e-3,
+    fine_tune_blocks: Annotated[
+        int, typer.Option(help="Unfreeze this many top blocks after the frozen phase (0 = off)")
+    ] = 0,
+    fine_tune_epochs: Annotated[int, typer.Option()] = 10,
+    fine_tune_learning_rate: Annotated[float, typer.Option()] = 1e-5,
+    augment: Annotated[
+        bool, typer.Option(help="Flip, rotation, brightness, crop, JPEG, blur on both classes")
+    ] = True,
+    seed: Annotated[int, typer.Option()] = 42,
+    limit_per_split: Annotated[
+        int | None, typer.Option(help="Use only the first N images of each split (smoke runs)")
+    ] = None,
+) -> None:
+    """Train a detector on labelled images, then evaluate it on val (calibration, threshold) and test."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    config = TrainingConfig(
+        data=str(data),
+        backbone=backbone,
+        weights=None if weights.lower() == "none" else weights,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        fine_tune_blocks=fine_tune_blocks,
+        fine_tune_epochs=fine_tune_epochs,
+        fine_tune_learning_rate=fine_tune_learning_rate,
+        augment=augment,
+        seed=seed,
+        limit_per_split=limit_per_split,
+    )
+    from training.evaluate import summary_line
+
+    print(summary_line(train(config, output)))
+
+
+if __name__ == "__main__":
+    typer.run(main)
