@@ -164,11 +164,9 @@ def resize_to_model_input(image: Image.Image, size: int = IMAGE_SIZE) -> np.ndar
     if image.mode != "RGB":
         raise ValueError(f"expected an RGB image, got mode {image.mode}")
     top, left, side = square_crop_box(*image.size)
-    resized = image.resize(
-        (size, size),
-        resample=Image.Resampling.BILINEAR,
-        box=(left, top, left + side, top + side),
-    )
+    # Crop first, then resize: resizing with `box=` would blend in pixels from outside the square.
+    square = image.crop((left, top, left + side, top + side)) if side != max(image.size) else image
+    resized = square.resize((size, size), resample=Image.Resampling.BILINEAR)
     return np.asarray(resized, dtype=np.uint8)
 
 

@@ -141,7 +141,7 @@ def near_duplicate_clusters(hashes: Sequence[int], max_bits: int = NEAR_DUPLICAT
     band_count = max_bits + 1
     band_edges = np.linspace(0, 64, band_count + 1).astype(int)
     for band in range(band_count):
-        low, high = band_edges[band], band_edges[band + 1]
+        low, high = int(band_edges[band]), int(band_edges[band + 1])
         buckets: dict[int, list[int]] = defaultdict(list)
         for index, value in enumerate(hashes):
             buckets[(value >> low) & ((1 << (high - low)) - 1)].append(index)

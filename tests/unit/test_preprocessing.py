@@ -1,0 +1,129 @@
+"""The shared decode-and-resize: formats, conversions to RGB, limits and typed errors."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from common import preprocessing
+from common.preprocessing import (
+    IMAGE_SIZE,
+    CorruptImageError,
+    ImageTooLargeError,
+    NotAnImageError,
+    UnsupportedFormatError,
+    decode_and_resize,
+    sniff_format,
+)
+
+
+def encode(image: Image.Image, image_format: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=image_format, **options)
+    return buffer.getvalue()
+
+
+def gradient(width: int = 300, height: int = 200) -> Image.Image:
+    x = np.linspace(0, 255, width, dtype=np.float64)[np.newaxis, :].repeat(height, 0)
+    y = np.linspace(0, 255, height, dtype=np.float64)[:, np.newaxis].repeat(width, 1)
+    return Image.fromarray(np.stack([x, y, 255 - x], axis=-1).astype(np.uint8), "RGB")
+
+
+@pytest.mark.parametrize("image_format", ["JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"])
+def test_every_supported_format_decodes_to_the_model_input(image_format: str) -> None:
+    data = encode(gradient(), image_format)
+    assert sniff_format(data) == image_format
+    array = decode_and_resize(data)
+    assert array.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
+    assert array.dtype == np.uint8
+    # A lossless format must keep the gradient's corners: red rises left to right.
+    assert int(array[112, 200, 0]) > int(array[112, 20, 0])
+
+
+def test_same_bytes_give_bit_identical_tensors() -> None:
+    data = encode(gradient(), "JPEG", quality=90)
+    assert np.array_equal(decode_and_resize(data), decode_and_resize(data))
+
+
+def test_centre_square_crop_removes_the_aspect_ratio() -> None:
+    # Wide image: left and right thirds black, centre square white -> the model sees only white.
+    image = Image.new("RGB", (300, 100), (0, 0, 0))
+    image.paste((255, 255, 255), (100, 0, 200, 100))
+    array = decode_and_resize(encode(image, "PNG"))
+    assert array.min() == 255
+
+
+def test_exif_orientation_is_applied() -> None:
+    image = Image.new("RGB", (200, 100), (255, 0, 0))
+    image.paste((0, 0, 255), (0, 0, 100, 100))  # left half blue, right half red
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when displayed
+    rotated = preprocessing.open_image(encode(image, "JPEG", exif=exif, quality=95))
+    assert rotated.size == (100, 200)  # portrait after transposing
+    top = np.asarray(rotated)[10, 50]
+    assert top[2] > 200 and top[0] < 60  # blue (the former left half) is on top
+
+
+def test_alpha_is_composited_over_white() -> None:
+    transparent = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    assert decode_and_resize(encode(transparent, "PNG")).min() == 255
+
+
+@pytest.mark.parametrize(
+    ("mode", "value"),
+    [("L", 128), ("P", 3), ("CMYK", (0, 0, 0, 0)), ("LA", (10, 255)), ("I;16", 65535), ("1", 1)],
+)
+def test_other_modes_become_rgb(mode: str, value: object) -> None:
+    image = Image.new(mode, (40, 30), value)  # type: ignore[arg-type]
+    image_format = "TIFF" if mode == "CMYK" else "PNG"
+    array = decode_and_resize(encode(image, image_format))
+    assert array.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
+    if mode in ("I;16", "1"):
+        assert array.min() == 255  # full-scale white stays white
+
+
+def test_gif_uses_the_first_frame() -> None:
+    frames = [Image.new("RGB", (32, 32), color) for color in ((255, 0, 0), (0, 255, 0))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
+    array = decode_and_resize(buffer.getvalue())
+    assert array[..., 0].mean() > 200 and array[..., 1].mean() < 50
+
+
+def test_pixel_limit_is_checked_before_decoding() -> None:
+    # A 20000x20000 PNG of one colour compresses to a few hundred KB: a decompression bomb.
+    header_only = encode(Image.new("L", (5000, 5000)), "PNG")
+    with pytest.raises(ImageTooLargeError, match="limit"):
+        decode_and_resize(header_only, max_pixels=1_000_000)
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (b"", NotAnImageError),
+        (b"hello, I am a text file pretending to be a JPEG", NotAnImageError),
+        (b"<html><body>not an image</body></html>", NotAnImageError),
+        (b"%PDF-1.7 ...", UnsupportedFormatError),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, CorruptImageError),
+    ],
+)
+def test_bad_bytes_raise_typed_errors(data: bytes, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        decode_and_resize(data)
+
+
+def test_truncated_jpeg_is_corrupt() -> None:
+    data = encode(gradient(), "JPEG", quality=90)
+    with pytest.raises(CorruptImageError, match="corrupt or truncated"):
+        decode_and_resize(data[: len(data) // 3])
+
+
+def test_real_uploads_all_decode(uploads_dir: Path) -> None:
+    files = sorted(path for path in uploads_dir.iterdir() if path.suffix.lower() != ".csv")
+    assert len(files) >= 40
+    for path in files:
+        assert decode_and_resize(path.read_bytes()).shape == (IMAGE_SIZE, IMAGE_SIZE, 3), path.name
