@@ -130,16 +130,24 @@ def backbone_spec(name: str) -> BackboneSpec:
         raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}") from None
 
 
-def build_classifier(backbone: str, weights: WeightsSpec = "imagenet") -> keras.Model:
-    """uint8 image -> P(AI-generated), with the base frozen and called with training=False."""
+def build_classifier(
+    backbone: str, weights: WeightsSpec = "imagenet", train_base: bool = False
+) -> keras.Model:
+    """uint8 image -> P(AI-generated).
+
+    By default the base is frozen and called with training=False (transfer learning).
+    `train_base=True` trains the whole network, batch norm included: training from scratch,
+    for when no pretrained weights can be had.
+    """
     spec = backbone_spec(backbone)
     base = spec.build_base(weights)
     base.name = BASE_LAYER
-    base.trainable = False
+    base.trainable = train_base
     images = keras.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, 3), dtype="uint8", name=INPUT_NAME)
     features = BackboneNormalization(spec.normalization, name="normalization")(images)
-    # training=False keeps batch norm in inference mode, also after unfreezing for fine-tuning.
-    features = base(features, training=False)
+    # training=False keeps batch norm in inference mode, also after unfreezing for fine-tuning;
+    # from scratch, batch norm must learn its statistics, so it follows the training phase.
+    features = base(features) if train_base else base(features, training=False)
     features = keras.layers.GlobalAveragePooling2D(name="pool")(features)
     features = keras.layers.Dense(
         HIDDEN_UNITS,

@@ -38,6 +38,7 @@ class TrainingConfig:
     data: str
     backbone: str = "efficientnet_lite0"
     weights: str | None = "imagenet"
+    train_base: bool = False  # train the whole backbone (from scratch when weights is None)
     epochs: int = 50
     batch_size: int = BATCH_SIZE
     learning_rate: float = 1e-3
@@ -112,7 +113,7 @@ def train(config: TrainingConfig, output: Path) -> dict[str, Any]:
     }
     (output / "config.json").write_text(json.dumps(run_info, indent=2) + "\n")
 
-    model = models.build_classifier(config.backbone, config.weights)
+    model = models.build_classifier(config.backbone, config.weights, train_base=config.train_base)
     models.compile_classifier(model, config.learning_rate)
     checkpoint_path = output / "model.keras"
     callbacks = [
@@ -177,6 +178,9 @@ def main(
     weights: Annotated[
         str, typer.Option(help="'imagenet', a weights file, or 'none' (random init)")
     ] = "imagenet",
+    train_base: Annotated[
+        bool, typer.Option(help="Train the whole backbone too (from scratch with --weights none)")
+    ] = False,
     epochs: Annotated[
         int, typer.Option(help="Maximum epochs (early stopping on val_accuracy, patience 5)")
     ] = 50,
@@ -201,6 +205,7 @@ def main(
         data=str(data),
         backbone=backbone,
         weights=None if weights.lower() == "none" else weights,
+        train_base=train_base,
         epochs=epochs,
         batch_size=batch_size,
         learning_rate=learning_rate,
