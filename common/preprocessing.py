@@ -124,6 +124,9 @@ def open_image(image_bytes: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Imag
             return to_rgb(image)
     except ImageInputError:
         raise
+    except Image.DecompressionBombError as error:
+        # Pillow's own guard fires inside Image.open for headers claiming > 2 x MAX_IMAGE_PIXELS.
+        raise ImageTooLargeError(f"the image has too many pixels to decode safely ({error})") from error
     except (
         UnidentifiedImageError,
         OSError,
@@ -131,7 +134,6 @@ def open_image(image_bytes: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Imag
         ValueError,
         EOFError,
         IndexError,
-        Image.DecompressionBombError,
     ) as error:
         # Pillow reports truncated or malformed data with these; the bytes claimed to be an image.
         raise CorruptImageError(f"the {image_format} image is corrupt or truncated ({error})") from error

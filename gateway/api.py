@@ -1,0 +1,326 @@
+"""The gateway's HTTP routes (ARCHITECTURE.md contract 5). No status-code plumbing here: errors are
+raised as typed exceptions and mapped to statuses in gateway/errors.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path, PureWindowsPath
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import FileResponse, Response
+
+from common.preprocessing import ImageInputError
+from common.signatures import MODEL_CARD_FILE
+from gateway.dependencies import (
+    CanarySplitDep,
+    DecoderDep,
+    MetricsDep,
+    ModelClientDep,
+    SettingsDep,
+    TargetDep,
+    TimingsDep,
+)
+from gateway.errors import NotReadyError, status_for
+from gateway.metrics import CONTENT_TYPE, GatewayMetrics, StageTimings
+from gateway.model_client import ModelClient, ModelTarget, Prediction, PredictionBatch
+from gateway.schemas import (
+    ERROR_RESPONSES,
+    BatchItem,
+    BatchPredictionResponse,
+    HealthResponse,
+    ModelInfoResponse,
+    PredictionResponse,
+    ReadyResponse,
+)
+from gateway.security import enforce_access
+from gateway.settings import Settings
+from gateway.uploads import DecodedImage, ImageDecoder, UploadedFile, max_body_bytes, read_multipart_files
+
+logger = logging.getLogger(__name__)
+
+STATIC_DIRECTORY = Path(__file__).resolve().parent / "static"
+SINGLE_FILE_FIELD = "file"
+BATCH_FILE_FIELDS = ("files", "file")
+MAX_FILENAME_CHARACTERS = 255
+
+router = APIRouter()
+
+
+def multipart_body(field: str, multiple: bool) -> dict[str, Any]:
+    """OpenAPI request body of a multipart upload (the routes read the stream themselves, for limits)."""
+    file_schema: dict[str, Any] = {"type": "string", "format": "binary"}
+    schema = {"type": "array", "items": file_schema} if multiple else file_schema
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"type": "object", "required": [field], "properties": {field: schema}}
+                }
+            },
+        }
+    }
+
+
+def display_filename(filename: str) -> str:
+    # Browsers on Windows used to send full paths ("C:\\fakepath\\x.jpg"): keep the base name only.
+    return PureWindowsPath(filename).name[:MAX_FILENAME_CHARACTERS] or "upload"
+
+
+def percent(probability: float) -> float:
+    return round(probability * 100.0, 2)
+
+
+async def read_uploads(
+    request: Request,
+    settings: Settings,
+    timings: StageTimings,
+    metrics: GatewayMetrics,
+    *,
+    field_names: tuple[str, ...],
+    max_files: int,
+    max_body: int,
+) -> list[UploadedFile]:
+    with timings.measure("read"):
+        files = await read_multipart_files(
+            request.headers.items(),
+            request.stream(),
+            field_names=field_names,
+            max_files=max_files,
+            max_file_bytes=settings.max_upload_bytes,
+            max_body_bytes=max_body,
+        )
+    for file in files:
+        metrics.upload_bytes.observe(file.size)
+    return files
+
+
+async def decode(decoder: ImageDecoder, file: UploadedFile, timings: StageTimings) -> DecodedImage:
+    decoded = await decoder.decode(bytes(file.data))
+    timings.record("decode", decoded.decode_seconds)
+    timings.record("resize", decoded.resize_seconds)
+    return decoded
+
+
+async def call_model(
+    client: ModelClient, images: np.ndarray, target: ModelTarget, timings: StageTimings
+) -> PredictionBatch:
+    with timings.measure("model_call"):
+        return await client.predict(images, target)
+
+
+def observe(metrics: GatewayMetrics, batch: PredictionBatch, prediction: Prediction) -> None:
+    metrics.observe_prediction(
+        batch.model_name, batch.model_version, prediction.probability, prediction.label_name
+    )
+
+
+@router.post(
+    "/predict",
+    response_model=PredictionResponse,
+    responses=ERROR_RESPONSES,
+    openapi_extra=multipart_body(SINGLE_FILE_FIELD, multiple=False),
+    dependencies=[Depends(enforce_access)],
+    summary="Is this image AI-generated? (multipart field `file`)",
+)
+async def predict(
+    request: Request,
+    settings: SettingsDep,
+    client: ModelClientDep,
+    decoder: DecoderDep,
+    metrics: MetricsDep,
+    timings: TimingsDep,
+    target: TargetDep,
+) -> PredictionResponse:
+    (file,) = await read_uploads(
+        request,
+        settings,
+        timings,
+        metrics,
+        field_names=(SINGLE_FILE_FIELD,),
+        max_files=1,
+        max_body=max_body_bytes(1, settings.max_upload_bytes),
+    )
+    decoded = await decode(decoder, file, timings)
+    batch = await call_model(client, decoded.pixels[np.newaxis], target, timings)
+    prediction = batch.predictions[0]
+    observe(metrics, batch, prediction)
+    return PredictionResponse(
+        ai_probability=percent(prediction.probability),
+        filename=display_filename(file.filename),
+        score=prediction.probability,
+        label=prediction.label_name,  # type: ignore[arg-type]
+        threshold=prediction.threshold,
+        model_name=batch.model_name,
+        model_version=batch.model_version,
+        version_label=batch.version_label,
+        request_id=request.state.request_id,
+    )
+
+
+@router.post(
+    "/predict/batch",
+    response_model=BatchPredictionResponse,
+    responses=ERROR_RESPONSES,
+    openapi_extra=multipart_body(BATCH_FILE_FIELDS[0], multiple=True),
+    dependencies=[Depends(enforce_access)],
+    summary="Several images in one request (multipart field `files`; at most 16 by default)",
+)
+async def predict_batch(
+    request: Request,
+    settings: SettingsDep,
+    client: ModelClientDep,
+    decoder: DecoderDep,
+    metrics: MetricsDep,
+    timings: TimingsDep,
+    target: TargetDep,
+) -> BatchPredictionResponse:
+    """Each file gets its own result; a bad file is reported in its item and the others still count.
+
+    All decodable images go to the model server in one Predict call.
+    """
+    files = await read_uploads(
+        request,
+        settings,
+        timings,
+        metrics,
+        field_names=BATCH_FILE_FIELDS,
+        max_files=settings.max_batch_files,
+        max_body=settings.max_batch_bytes,
+    )
+
+    async def decode_or_refuse(file: UploadedFile) -> DecodedImage | ImageInputError:
+        try:
+            return await decode(decoder, file, timings)
+        except ImageInputError as error:
+            metrics.image_errors.labels(status=str(status_for(error))).inc()
+            return error
+
+    outcomes = await asyncio.gather(*(decode_or_refuse(file) for file in files))
+    decoded = [outcome for outcome in outcomes if isinstance(outcome, DecodedImage)]
+    batch = None
+    if decoded:
+        batch = await call_model(client, np.stack([image.pixels for image in decoded]), target, timings)
+    predictions = iter(batch.predictions if batch else [])
+    results: list[BatchItem] = []
+    for file, outcome in zip(files, outcomes, strict=True):
+        filename = display_filename(file.filename)
+        if isinstance(outcome, ImageInputError):
+            results.append(
+                BatchItem(success=False, filename=filename, error=str(outcome), status=status_for(outcome))
+            )
+            continue
+        assert batch is not None  # a decoded image means the model was called
+        prediction = next(predictions)
+        observe(metrics, batch, prediction)
+        results.append(
+            BatchItem(
+                success=True,
+                filename=filename,
+                ai_probability=percent(prediction.probability),
+                score=prediction.probability,
+                label=prediction.label_name,  # type: ignore[arg-type]
+                threshold=prediction.threshold,
+            )
+        )
+    return BatchPredictionResponse(
+        model_name=batch.model_name if batch else settings.model_name,
+        model_version=batch.model_version if batch else None,
+        version_label=batch.version_label if batch else target.version_label,
+        request_id=request.state.request_id,
+        results=results,
+    )
+
+
+@router.get(
+    "/health", response_model=HealthResponse, summary="Liveness: the process answers (touches nothing)"
+)
+async def health() -> HealthResponse:
+    return HealthResponse()
+
+
+@router.get(
+    "/ready",
+    response_model=ReadyResponse,
+    responses={503: ERROR_RESPONSES[503]},
+    summary="Readiness: the version each routed label resolves to is AVAILABLE on the model server",
+)
+async def ready(settings: SettingsDep, client: ModelClientDep, split: CanarySplitDep) -> ReadyResponse:
+    statuses = [status.to_dict() for status in await client.readiness(split)]
+    if not all(status["available"] for status in statuses):
+        problems = "; ".join(
+            f"{status['target']}: {status['state']} {status['message']}".strip()
+            for status in statuses
+            if not status["available"]
+        )
+        raise NotReadyError(
+            f"model {settings.model_name!r} is not ready: {problems}",
+            headers={"Retry-After": str(settings.retry_after_seconds)},
+            details={"ready": False, "model_name": settings.model_name, "targets": statuses},
+        )
+    return ReadyResponse(ready=True, model_name=settings.model_name, targets=statuses)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics_endpoint(metrics: MetricsDep) -> Response:
+    return Response(metrics.exposition(), media_type=CONTENT_TYPE)
+
+
+@router.get(
+    "/v1/model",
+    response_model=ModelInfoResponse,
+    responses=ERROR_RESPONSES,
+    dependencies=[Depends(enforce_access)],
+    summary="The model a request would go to: metadata, threshold, canary split, model card",
+)
+async def model_info(
+    settings: SettingsDep, client: ModelClientDep, target: TargetDep, split: CanarySplitDep
+) -> ModelInfoResponse:
+    metadata = await client.metadata(target)
+    version, threshold = await client.threshold(target)
+    canary = {"label": split.label, "percent": split.percent} if split.enabled else None
+    return ModelInfoResponse(
+        model_name=metadata.model_name,
+        model_version=version,
+        version_label=target.version_label,
+        signature_name=metadata.signature_name,
+        signatures=list(metadata.signature_names),
+        input={
+            "name": metadata.input_name,
+            "dtype": metadata.input_dtype,
+            "shape": list(metadata.input_shape),
+        },
+        outputs=list(metadata.output_names),
+        threshold=threshold,
+        canary=canary,
+        upload_limits={
+            "max_upload_bytes": settings.max_upload_bytes,
+            "max_pixels": settings.max_pixels,
+            "max_batch_files": settings.max_batch_files,
+            "max_batch_bytes": settings.max_batch_bytes,
+        },
+        model_card=read_model_card(settings, version),
+    )
+
+
+def read_model_card(settings: Settings, version: int) -> dict[str, Any] | None:
+    """model_card.json of `version`, when the gateway can see the model folder (local runs); else None."""
+    if settings.model_card_directory is None:
+        return None
+    path = settings.model_card_directory / str(version) / MODEL_CARD_FILE
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        logger.warning("no readable model card at %s: %s", path, error)
+        return None
+    return card if isinstance(card, dict) else None
+
+
+@router.get("/", include_in_schema=False)
+async def web_page() -> FileResponse:
+    return FileResponse(STATIC_DIRECTORY / "index.html", media_type="text/html")

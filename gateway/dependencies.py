@@ -1,0 +1,88 @@
+"""FastAPI dependencies: the app's long-lived objects (made in the lifespan), as Annotated aliases.
+
+Tests replace the model client with `app.dependency_overrides[get_model_client]`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Header, Query, Request
+
+from gateway.errors import InvalidParameterError
+from gateway.metrics import GatewayMetrics, StageTimings
+from gateway.model_client import ModelClient, ModelTarget, choose_target
+from gateway.settings import VERSION_LABEL_PATTERN, Settings
+from gateway.traffic import CanarySplit, CanarySplitSource
+from gateway.uploads import ImageDecoder
+
+
+def get_settings_of_app(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_model_client(request: Request) -> ModelClient:
+    client: ModelClient = request.app.state.model_client
+    return client
+
+
+def get_decoder(request: Request) -> ImageDecoder:
+    decoder: ImageDecoder = request.app.state.decoder
+    return decoder
+
+
+def get_metrics(request: Request) -> GatewayMetrics:
+    metrics: GatewayMetrics = request.app.state.metrics
+    return metrics
+
+
+def get_canary_split(request: Request) -> CanarySplit:
+    source: CanarySplitSource = request.app.state.canary_split
+    return source.current()
+
+
+def get_timings(request: Request) -> StageTimings:
+    # Made per request by the request-context middleware, which logs them at the end.
+    timings: StageTimings = request.state.timings
+    return timings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_of_app)]
+ModelClientDep = Annotated[ModelClient, Depends(get_model_client)]
+DecoderDep = Annotated[ImageDecoder, Depends(get_decoder)]
+MetricsDep = Annotated[GatewayMetrics, Depends(get_metrics)]
+TimingsDep = Annotated[StageTimings, Depends(get_timings)]
+CanarySplitDep = Annotated[CanarySplit, Depends(get_canary_split)]
+
+
+def get_target(
+    settings: SettingsDep,
+    split: CanarySplitDep,
+    version: Annotated[int | None, Query(ge=1, description="pin a model version number")] = None,
+    label: Annotated[str | None, Query(description="pin a version label, e.g. 'stable' or 'canary'")] = None,
+    x_model_version: Annotated[
+        str | None, Header(description="pin a version number or label (same as the query parameters)")
+    ] = None,
+) -> ModelTarget:
+    """The model version a request goes to: pinned by header/query, else settings' label (or canary)."""
+    if x_model_version:
+        pinned = x_model_version.strip()
+        if pinned.isdigit():
+            if label or (version is not None and version != int(pinned)):
+                raise InvalidParameterError("X-Model-Version and the query pin different model versions")
+            version = int(pinned)
+        else:
+            if version is not None or (label and label != pinned):
+                raise InvalidParameterError("X-Model-Version and the query pin different model versions")
+            label = pinned
+    if version is not None and label:
+        raise InvalidParameterError("pin either a model version or a version label, not both")
+    if version is not None and version < 1:
+        raise InvalidParameterError(f"model versions are positive integers, got {version}")
+    if label and not VERSION_LABEL_PATTERN.match(label):
+        raise InvalidParameterError("version labels are 1-64 letters, digits, '-' or '_'")
+    return choose_target(settings, split, version=version, label=label or None)
+
+
+TargetDep = Annotated[ModelTarget, Depends(get_target)]

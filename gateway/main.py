@@ -1,0 +1,156 @@
+"""The gateway app: `create_app(settings=None)`, its lifespan, and the per-request context.
+
+Run it with `python -m gateway` (configures logging once, then uvicorn) or
+`uvicorn --factory gateway.main:create_app`. Nothing happens at import: the gRPC channel and the
+decoding threads are made in the lifespan, kept on `app.state`, and closed on shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import swagger_ui_bundle
+from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway import api
+from gateway.errors import register_error_handlers
+from gateway.metrics import GatewayMetrics, StageTimings
+from gateway.model_client import ModelClient
+from gateway.security import AccessControl
+from gateway.settings import Settings, get_settings
+from gateway.traffic import CanarySplitSource
+from gateway.uploads import ImageDecoder
+
+logger = logging.getLogger(__name__)
+access_logger = logging.getLogger("gateway.access")
+
+REQUEST_ID_HEADER = "x-request-id"
+# A caller's request id is reused only when it is short and plain (it ends up in logs).
+REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+DOCS_ASSETS_PATH = "/docs-assets"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Once, at the entry point: plain lines on stdout, greppable by request_id=."""
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stdout, force=True)
+
+
+class RequestContextMiddleware:
+    """Request id (reused from x-request-id or made), in-flight gauge, request counter, and the one
+    latency line per request with its stage timings."""
+
+    def __init__(self, app: ASGIApp, metrics: GatewayMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope["headers"]).get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")
+        request_id = incoming if REQUEST_ID_PATTERN.match(incoming) else uuid.uuid4().hex
+        timings = StageTimings(self.metrics)
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        state["timings"] = timings
+        status_code = 500  # unless a response starts: an exception escaped the handlers
+
+        async def send_with_request_id(message: Message) -> None:
+            nonlocal status_code
+            if message["type"] == "http.response.start":
+                status_code = message["status"]
+                MutableHeaders(scope=message).append(REQUEST_ID_HEADER, request_id)
+            await send(message)
+
+        started = time.perf_counter()
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_with_request_id)
+        finally:
+            self.metrics.in_flight.dec()
+            elapsed = time.perf_counter() - started
+            if timings.seconds:  # a prediction route: its stages were timed
+                timings.record("total", elapsed)
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.observe_request(route, status_code)
+            access_logger.info(
+                "request_id=%s method=%s path=%s status=%d duration_ms=%.1f %s",
+                request_id,
+                scope["method"],
+                scope["path"],
+                status_code,
+                elapsed * 1000,
+                timings.summary(),
+            )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    metrics = GatewayMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = ModelClient(settings, metrics)
+        await client.start()
+        decoder = ImageDecoder(threads=settings.decode_threads, max_pixels=settings.max_pixels)
+        app.state.model_client = client
+        app.state.decoder = decoder
+        logger.info(
+            "gateway up: model server %s, model %r, label %r, signature %r, canary %s",
+            settings.model_server_address,
+            settings.model_name,
+            settings.version_label or "(latest)",
+            settings.signature_name,
+            f"from {settings.canary_file}"
+            if settings.canary_file
+            else f"{settings.canary_percent:g}% -> {settings.canary_label!r}"
+            if settings.canary_enabled
+            else "off",
+        )
+        try:
+            yield
+        finally:
+            await client.close()
+            decoder.close()
+
+    app = FastAPI(
+        title="aidetect gateway",
+        summary="Is this image AI-generated? Upload it.",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,  # served below from local files: no CDN is reachable
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.access_control = AccessControl(settings)
+    app.state.canary_split = CanarySplitSource(settings)
+    register_error_handlers(app)
+    app.include_router(api.router)
+    app.mount("/static", StaticFiles(directory=api.STATIC_DIRECTORY), name="static")
+    app.mount(DOCS_ASSETS_PATH, StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - API",
+            swagger_js_url=f"{DOCS_ASSETS_PATH}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS_PATH}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS_PATH}/favicon-32x32.png",
+        )
+
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    return app

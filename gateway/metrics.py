@@ -1,0 +1,152 @@
+"""All of the gateway's Prometheus metrics, in one place, with bounded labels.
+
+Labels are route templates, status classes, stage names, gRPC code names, model name and
+version: never file names, request ids or other user input. Each app gets its own registry so
+several apps (tests) never clash; GET /metrics serves it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+NAMESPACE = "aidetect_gateway"
+STAGES = ("read", "decode", "resize", "model_call", "total")
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# Seconds: from a cached 224x224 decode (~1 ms) to a slow model call on a busy CPU (~10 s).
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+UPLOAD_BYTES_BUCKETS = tuple(float(2**power) for power in range(10, 26))  # 1 KiB .. 32 MiB
+SCORE_BUCKETS = tuple(round(step * 0.05, 2) for step in range(1, 21))  # 0.05 .. 1.0
+
+
+def status_class(status_code: int) -> str:
+    return f"{status_code // 100}xx"
+
+
+class GatewayMetrics:
+    """The metrics of one gateway app, registered on their own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.requests = Counter(
+            "requests",
+            "HTTP requests by route template and status class.",
+            ["route", "status_class"],
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "requests_in_flight",
+            "HTTP requests being handled now.",
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
+        self.stage_seconds = Histogram(
+            "stage_seconds",
+            "Latency of each stage of a prediction: read (upload), decode, resize, model_call, total.",
+            ["stage"],
+            namespace=NAMESPACE,
+            registry=self.registry,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.upload_bytes = Histogram(
+            "upload_bytes",
+            "Size of each uploaded file in bytes.",
+            namespace=NAMESPACE,
+            registry=self.registry,
+            buckets=UPLOAD_BYTES_BUCKETS,
+        )
+        self.image_errors = Counter(
+            "image_errors",
+            "Uploads refused, by HTTP status (400 not an image/corrupt, 413 too large, 415 unsupported).",
+            ["status"],
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
+        self.upstream_errors = Counter(
+            "upstream_errors",
+            "Failed calls to the model server by gRPC status code (each attempt, retries included).",
+            ["code"],
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
+        self.upstream_retries = Counter(
+            "upstream_retries",
+            "Calls to the model server retried after UNAVAILABLE.",
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
+        self.scores = Histogram(
+            "score",
+            "Calibrated P(AI-generated) of each prediction: watch its shape for drift.",
+            ["model_name", "model_version"],
+            namespace=NAMESPACE,
+            registry=self.registry,
+            buckets=SCORE_BUCKETS,
+        )
+        self.predictions = Counter(
+            "predictions",
+            "Predictions by verdict.",
+            ["model_name", "model_version", "label"],
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
+        self.model_info = Gauge(
+            "model_info",
+            "1 for each model version that answered, with the version label that routed to it.",
+            ["model_name", "model_version", "version_label"],
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
+
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; known: {STAGES}")
+        self.stage_seconds.labels(stage=stage).observe(seconds)
+
+    def observe_request(self, route: str, status_code: int) -> None:
+        self.requests.labels(route=route, status_class=status_class(status_code)).inc()
+
+    def observe_prediction(self, model_name: str, model_version: int, score: float, label: str) -> None:
+        version = str(model_version)
+        self.scores.labels(model_name=model_name, model_version=version).observe(score)
+        self.predictions.labels(model_name=model_name, model_version=version, label=label).inc()
+
+    def observe_model_version(self, model_name: str, model_version: int, version_label: str) -> None:
+        self.model_info.labels(
+            model_name=model_name, model_version=str(model_version), version_label=version_label
+        ).set(1)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class StageTimings:
+    """The stage latencies of one request: observed into the histogram and kept for its log line.
+
+    read, model_call and total are observed once per request; decode and resize once per image.
+    """
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self.metrics = metrics
+        self.seconds: dict[str, float] = {}
+
+    def record(self, stage: str, seconds: float) -> None:
+        self.metrics.observe_stage(stage, seconds)
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+
+    @contextmanager
+    def measure(self, stage: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.record(stage, time.perf_counter() - started)
+
+    def summary(self) -> str:
+        return " ".join(f"{stage}_ms={seconds * 1000:.1f}" for stage, seconds in self.seconds.items())

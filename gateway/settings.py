@@ -1,0 +1,132 @@
+"""The gateway's settings: one pydantic `Settings`, read from `AIDETECT_GATEWAY_*` environment variables.
+
+Built by :func:`get_settings` (never at import) so tests and `create_app(settings)` can pass their own.
+`.env.example` at the repository root lists every variable with its default.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from common.model_config import CANARY_LABEL, DEFAULT_MODEL_NAME, STABLE_LABEL
+from common.preprocessing import DEFAULT_MAX_PIXELS
+from common.signatures import SERVING_SIGNATURE
+
+ENV_PREFIX = "AIDETECT_GATEWAY_"
+MEBIBYTE = 1024 * 1024
+
+# TF Serving accepts labels made of letters, digits, '-' and '_'; the same rule keeps
+# user-supplied labels (header / query) out of logs and metric labels when they are odd.
+VERSION_LABEL_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=None, extra="ignore")
+
+    # Where the gateway listens (`python -m gateway`). Loopback by default; the container sets 0.0.0.0.
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    log_level: str = "INFO"
+
+    # The model server (TF Serving or the local server) and what to ask it for.
+    model_server_address: str = "127.0.0.1:8500"
+    model_name: str = DEFAULT_MODEL_NAME
+    # Version label used when a request pins nothing; "" asks for the latest loaded version.
+    version_label: str = STABLE_LABEL
+    signature_name: str = SERVING_SIGNATURE
+    # Canary: this percentage of unpinned requests goes to `canary_label` instead (0 = off).
+    canary_label: str = CANARY_LABEL
+    canary_percent: float = Field(default=0.0, ge=0.0, le=100.0)
+    # Optional JSON file {"canary_label": ..., "canary_percent": ...} re-read when it changes (a mounted
+    # ConfigMap that k8s/rollout.py edits): it then overrides the two settings above at run time.
+    canary_file: Path | None = None
+
+    # gRPC: a deadline on every call, retries only on UNAVAILABLE, bounded messages.
+    request_timeout_seconds: float = Field(default=10.0, gt=0)
+    readiness_timeout_seconds: float = Field(default=2.0, gt=0)
+    max_retries: int = Field(default=2, ge=0, le=10)
+    retry_backoff_seconds: float = Field(default=0.1, ge=0)
+    max_message_bytes: int = Field(default=64 * MEBIBYTE, ge=MEBIBYTE)
+    # Signature metadata is cached this long per version label (labels can move).
+    metadata_cache_seconds: float = Field(default=30.0, ge=0)
+    # Sent as Retry-After with every 503.
+    retry_after_seconds: int = Field(default=5, ge=1)
+
+    # Uploads: per-file byte limit (enforced while reading), pixel limit (checked before decoding).
+    max_upload_bytes: int = Field(default=20 * MEBIBYTE, ge=1024)
+    max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)
+    max_batch_files: int = Field(default=16, ge=1, le=256)
+    # The whole body of POST /predict/batch (all files together).
+    max_batch_bytes: int = Field(default=64 * MEBIBYTE, ge=1024)
+    # Threads that decode images off the event loop (Pillow releases the GIL while decoding).
+    decode_threads: int = Field(default=2, ge=1, le=64)
+
+    # A folder of `<version>/model_card.json` (the model's base path, when the gateway can see it):
+    # GET /v1/model then includes the card. Optional; TF Serving does not serve assets over gRPC.
+    model_card_directory: Path | None = None
+
+    # Security, off by default for local use: API keys (header X-API-Key) and per-client rate limits.
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    rate_limit_per_minute: float = Field(default=0.0, ge=0.0)
+    rate_limit_burst: int = Field(default=10, ge=1)
+    # Behind a proxy (ingress), identify clients by the first X-Forwarded-For address.
+    trust_forwarded_for: bool = False
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def split_api_keys(cls, value: object) -> object:
+        # AIDETECT_GATEWAY_API_KEYS="key-one,key-two": a comma-separated list is easier to set than JSON.
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @field_validator("canary_file", "model_card_directory", mode="before")
+    @classmethod
+    def empty_path_is_none(cls, value: object) -> object:
+        # `AIDETECT_GATEWAY_CANARY_FILE=` (as in .env.example) means "not set", not the current folder.
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("version_label", "canary_label")
+    @classmethod
+    def check_label(cls, value: str) -> str:
+        if value and not VERSION_LABEL_PATTERN.match(value):
+            raise ValueError(f"version labels are letters, digits, '-' and '_', got {value!r}")
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def refuse_short_keys(cls, keys: list[str]) -> list[str]:
+        short = [key for key in keys if len(key) < 16]
+        if short:
+            raise ValueError(f"{len(short)} API key(s) shorter than 16 characters: use long random keys")
+        return keys
+
+    @model_validator(mode="after")
+    def check_canary(self) -> Settings:
+        if self.canary_percent > 0 and self.canary_label == self.version_label:
+            raise ValueError("canary_label must differ from version_label when canary_percent > 0")
+        return self
+
+    @property
+    def canary_enabled(self) -> bool:
+        return self.canary_percent > 0
+
+    @property
+    def api_keys_enabled(self) -> bool:
+        return bool(self.api_keys)
+
+    @property
+    def rate_limit_enabled(self) -> bool:
+        return self.rate_limit_per_minute > 0
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings from the environment (cached; tests pass their own to create_app)."""
+    return Settings()

@@ -1,0 +1,220 @@
+"""Reading uploads with byte limits enforced while reading, and decoding them off the event loop.
+
+The multipart body is parsed as it streams in (python-multipart's push parser), so a file over
+`max_upload_bytes` or a body over its total limit is refused as soon as the limit is crossed,
+without buffering the rest. Files stay in memory: they are decoded from bytes anyway.
+
+Decoding is the shared decode-and-resize of common.preprocessing (contract 1), split into its two
+halves only to time them separately; it runs in a bounded thread pool, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+from python_multipart import MultipartParser
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import parse_options_header
+
+from common.preprocessing import open_image, resize_to_model_input
+from gateway.errors import BadRequestError, MissingFileError, TooManyFilesError, UploadTooLargeError
+
+MULTIPART_CONTENT_TYPE = b"multipart/form-data"
+# Room for part headers and small form fields on top of the files' own bytes.
+PART_OVERHEAD_BYTES = 16 * 1024
+MAX_FIELD_BYTES = 64 * 1024
+MAX_PARTS = 256
+
+
+@dataclass
+class UploadedFile:
+    field_name: str
+    filename: str
+    content_type: str
+    data: bytearray = field(default_factory=bytearray)
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+
+@dataclass
+class _Part:
+    headers: dict[str, str] = field(default_factory=dict)
+    field_name: str = ""
+    filename: str | None = None
+    size: int = 0
+    file: UploadedFile | None = None
+
+
+class _MultipartCollector:
+    """python-multipart callbacks that keep file parts in memory and enforce the limits as data arrives."""
+
+    def __init__(self, max_files: int, max_file_bytes: int) -> None:
+        self.max_files = max_files
+        self.max_file_bytes = max_file_bytes
+        self.files: list[UploadedFile] = []
+        self.field_names: list[str] = []
+        self.part_count = 0
+        self._part = _Part()
+        self._header_name = bytearray()
+        self._header_value = bytearray()
+
+    def callbacks(self) -> dict[str, object]:
+        return {
+            "on_part_begin": self.on_part_begin,
+            "on_header_field": self.on_header_field,
+            "on_header_value": self.on_header_value,
+            "on_header_end": self.on_header_end,
+            "on_headers_finished": self.on_headers_finished,
+            "on_part_data": self.on_part_data,
+        }
+
+    def on_part_begin(self) -> None:
+        self.part_count += 1
+        if self.part_count > MAX_PARTS:
+            raise BadRequestError(f"the form has more than {MAX_PARTS} parts")
+        self._part = _Part()
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_name += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def on_header_end(self) -> None:
+        name = self._header_name.decode("latin-1").strip().lower()
+        self._part.headers[name] = self._header_value.decode("latin-1").strip()
+        self._header_name.clear()
+        self._header_value.clear()
+
+    def on_headers_finished(self) -> None:
+        part = self._part
+        _, options = parse_options_header(part.headers.get("content-disposition", ""))
+        part.field_name = options.get(b"name", b"").decode("utf-8", errors="replace")
+        filename = options.get(b"filename")
+        self.field_names.append(part.field_name)
+        if filename is None:
+            return  # a plain form field: size-limited below, otherwise ignored
+        part.filename = filename.decode("utf-8", errors="replace")
+        if len(self.files) >= self.max_files:
+            raise TooManyFilesError(f"too many files: at most {self.max_files} per request")
+        part.file = UploadedFile(
+            field_name=part.field_name,
+            filename=part.filename,
+            content_type=part.headers.get("content-type", "application/octet-stream"),
+        )
+        self.files.append(part.file)
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        part = self._part
+        part.size += end - start
+        if part.file is None:
+            if part.size > MAX_FIELD_BYTES:
+                raise UploadTooLargeError(f"form field {part.field_name!r} is over {MAX_FIELD_BYTES} bytes")
+            return
+        if part.size > self.max_file_bytes:
+            raise UploadTooLargeError(
+                f"file {part.file.filename!r} is over the limit of {self.max_file_bytes:,} bytes"
+            )
+        part.file.data += data[start:end]
+
+
+async def read_multipart_files(
+    headers: dict[str, str] | Iterable[tuple[str, str]],
+    body: AsyncIterator[bytes],
+    *,
+    field_names: tuple[str, ...],
+    max_files: int,
+    max_file_bytes: int,
+    max_body_bytes: int,
+) -> list[UploadedFile]:
+    """The uploaded files of a multipart/form-data body, under byte and count limits.
+
+    `headers` are the request's (lower-case names); `body` its chunks as they arrive. Files in
+    other fields than `field_names` count against the limits but are not returned; empty file
+    parts (a browser's "no file chosen") are dropped. Raises MissingFileError when none is left.
+    """
+    header_map = {
+        name.lower(): value for name, value in (headers.items() if isinstance(headers, dict) else headers)
+    }
+    content_type, options = parse_options_header(header_map.get("content-type", ""))
+    expected = " or ".join(repr(name) for name in field_names)
+    if content_type != MULTIPART_CONTENT_TYPE:
+        raise MissingFileError(f"no file: send the image as multipart/form-data in the field {expected}")
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise BadRequestError("the multipart body has no boundary in its Content-Type")
+    declared_length = header_map.get("content-length")
+    if declared_length and declared_length.isdigit() and int(declared_length) > max_body_bytes:
+        # Refused from the header alone, before a byte of the body is read.
+        raise UploadTooLargeError(
+            f"the request body is {int(declared_length):,} bytes; the limit is {max_body_bytes:,}"
+        )
+
+    collector = _MultipartCollector(max_files=max_files, max_file_bytes=max_file_bytes)
+    parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
+    received = 0
+    try:
+        async for chunk in body:
+            received += len(chunk)
+            if received > max_body_bytes:
+                # Chunked bodies (or lying Content-Length headers) stop here, mid-stream.
+                raise UploadTooLargeError(f"the request body is over the limit of {max_body_bytes:,} bytes")
+            parser.write(chunk)
+        parser.finalize()
+    except FormParserError as error:
+        raise BadRequestError(f"malformed multipart body: {error}") from error
+
+    # A browser sends an empty part with filename "" when no file was chosen: that is no file.
+    files = [
+        file for file in collector.files if file.field_name in field_names and (file.size or file.filename)
+    ]
+    if not files:
+        found = sorted(set(collector.field_names))
+        hint = f" (the form has the fields {found})" if found else ""
+        raise MissingFileError(f"no file: send the image in the multipart field {expected}{hint}")
+    return files
+
+
+def max_body_bytes(file_count: int, max_file_bytes: int) -> int:
+    """Total body limit for `file_count` files of at most `max_file_bytes` each, plus their headers."""
+    return file_count * (max_file_bytes + PART_OVERHEAD_BYTES) + PART_OVERHEAD_BYTES
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    pixels: np.ndarray  # uint8 [224, 224, 3]
+    decode_seconds: float
+    resize_seconds: float
+
+
+def decode_for_model(image_bytes: bytes, max_pixels: int) -> DecodedImage:
+    """common.preprocessing.decode_and_resize, in its two timed halves (same function, same result)."""
+    started = time.perf_counter()
+    image = open_image(image_bytes, max_pixels=max_pixels)
+    decoded = time.perf_counter()
+    pixels = resize_to_model_input(image)
+    return DecodedImage(
+        pixels, decode_seconds=decoded - started, resize_seconds=time.perf_counter() - decoded
+    )
+
+
+class ImageDecoder:
+    """A bounded thread pool for decoding: the event loop keeps serving while Pillow works."""
+
+    def __init__(self, threads: int, max_pixels: int) -> None:
+        self.max_pixels = max_pixels
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
+
+    async def decode(self, image_bytes: bytes) -> DecodedImage:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, decode_for_model, image_bytes, self.max_pixels)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,228 @@
+"""TF Serving's gRPC API over the model manager, with tensorflow-serving-api's own protos.
+
+PredictionService: Predict and GetModelMetadata (Classify, Regress and MultiInference answer
+UNIMPLEMENTED). ModelService: GetModelStatus and HandleReloadConfigRequest. grpc.health.v1:
+SERVING once every configured model has an AVAILABLE version, NOT_SERVING before that and
+while shutting down. Errors abort the call with the ServingError's status code and message.
+
+The status and metadata responses are built here and reused by the REST API, as TF Serving's
+REST handler calls the same implementations.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_management_pb2,
+    model_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from serving.errors import InvalidArgumentError, ServingError
+from serving.metrics import ServerMetrics
+from serving.model_manager import ModelManager
+from serving.runtime import ndarray_to_tensor_proto, tensor_proto_to_ndarray
+
+logger = logging.getLogger(__name__)
+
+SIGNATURE_DEF_FIELD = "signature_def"
+HEALTH_SERVICE_NAMES = (
+    "",
+    "tensorflow.serving.PredictionService",
+    "tensorflow.serving.ModelService",
+)
+
+
+def version_choice(model_spec: model_pb2.ModelSpec) -> tuple[int | None, str | None]:
+    """(version, label) a ModelSpec asks for; (None, None) means the latest."""
+    choice = model_spec.WhichOneof("version_choice")
+    if choice == "version":
+        return int(model_spec.version.value), None
+    if choice == "version_label":
+        return None, model_spec.version_label
+    return None, None
+
+
+def status_response(
+    manager: ModelManager, model_spec: model_pb2.ModelSpec
+) -> get_model_status_pb2.GetModelStatusResponse:
+    version, label = version_choice(model_spec)
+    response = get_model_status_pb2.GetModelStatusResponse()
+    for status in manager.version_statuses(model_spec.name, version, label):
+        entry = response.model_version_status.add(version=status.version, state=int(status.state))
+        entry.status.SetInParent()  # TF Serving always sends a status, OK included
+        if status.error is not None:
+            entry.status.error_code = status.error.code_number
+            entry.status.error_message = status.error.message
+    return response
+
+
+def metadata_response(
+    manager: ModelManager, model_spec: model_pb2.ModelSpec, metadata_fields: list[str]
+) -> get_model_metadata_pb2.GetModelMetadataResponse:
+    if not metadata_fields:
+        raise InvalidArgumentError("GetModelMetadataRequest must specify at least one metadata_field")
+    for metadata_field in metadata_fields:
+        if metadata_field != SIGNATURE_DEF_FIELD:
+            raise InvalidArgumentError(f"Metadata field {metadata_field} is not supported")
+    version, label = version_choice(model_spec)
+    with manager.servable(model_spec.name, version, label) as servable:
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        for name, signature_def in servable.signature_defs.items():
+            signature_map.signature_def[name].CopyFrom(signature_def)
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = model_spec.name
+        response.model_spec.version.value = servable.version
+        response.metadata[SIGNATURE_DEF_FIELD].Pack(signature_map)
+    return response
+
+
+class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+    # Method names are the gRPC service's (CamelCase), hence the N802 exemptions.
+    def __init__(
+        self, manager: ModelManager, metrics: ServerMetrics, *, as_tensor_content: bool = False
+    ) -> None:
+        self._manager = manager
+        self._metrics = metrics
+        self._as_tensor_content = as_tensor_content
+
+    def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        started = time.monotonic()
+        status = "OK"
+        self._metrics.in_flight_requests.increment("GRPC")
+        try:
+            return self._predict(request)
+        except ServingError as error:
+            status = error.code_name
+            context.abort(error.code, error.message)
+        finally:
+            self._metrics.in_flight_requests.increment("GRPC", amount=-1)
+            known = (
+                request.model_spec.name if request.model_spec.name in self._manager.model_names() else None
+            )
+            self._metrics.record_request(
+                known, status, time.monotonic() - started, api="Predict", entrypoint="GRPC"
+            )
+
+    def _predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+        inputs = {}
+        for alias, proto in request.inputs.items():
+            try:
+                inputs[alias] = tensor_proto_to_ndarray(proto)
+            except InvalidArgumentError as error:
+                raise InvalidArgumentError(f"tensor parsing error: {alias} ({error.message})") from error
+        version, label = version_choice(request.model_spec)
+        with self._manager.servable(request.model_spec.name, version, label) as servable:
+            signature_name, outputs = self._manager.predict(
+                servable, request.model_spec.signature_name, inputs, list(request.output_filter)
+            )
+            response = predict_pb2.PredictResponse()
+            response.model_spec.name = request.model_spec.name
+            response.model_spec.version.value = servable.version
+            response.model_spec.signature_name = signature_name
+        for alias, array in outputs.items():
+            response.outputs[alias].CopyFrom(
+                ndarray_to_tensor_proto(array, as_tensor_content=self._as_tensor_content)
+            )
+        return response
+
+    def GetModelMetadata(  # noqa: N802
+        self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: grpc.ServicerContext
+    ) -> Any:
+        try:
+            if not request.HasField("model_spec"):
+                raise InvalidArgumentError("Missing ModelSpec")
+            return metadata_response(self._manager, request.model_spec, list(request.metadata_field))
+        except ServingError as error:
+            context.abort(error.code, error.message)
+
+
+class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, manager: ModelManager) -> None:
+        self._manager = manager
+
+    def GetModelStatus(  # noqa: N802
+        self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.ServicerContext
+    ) -> Any:
+        try:
+            if not request.HasField("model_spec"):
+                raise InvalidArgumentError("Missing ModelSpec")
+            return status_response(self._manager, request.model_spec)
+        except ServingError as error:
+            context.abort(error.code, error.message)
+
+    def HandleReloadConfigRequest(  # noqa: N802
+        self, request: model_management_pb2.ReloadConfigRequest, context: grpc.ServicerContext
+    ) -> Any:
+        try:
+            self._manager.apply_config(request.config)
+        except ServingError as error:
+            logger.error("ReloadConfig failed: %s", error.message)
+            # TF Serving fills the response status and fails the call with the same code.
+            context.abort(error.code, error.message)
+        logger.info("Applied a new model config from HandleReloadConfigRequest")
+        response = model_management_pb2.ReloadConfigResponse()
+        response.status.SetInParent()  # error_code OK, as TF Serving answers
+        return response
+
+
+class HealthReporter:
+    """Keeps grpc.health.v1 in step with the models: SERVING once all have an AVAILABLE version."""
+
+    def __init__(self, manager: ModelManager) -> None:
+        self.servicer = health.HealthServicer()
+        self._manager = manager
+        self._shutting_down = False
+        self.update()
+
+    def update(self) -> None:
+        serving = self._manager.all_models_available() and not self._shutting_down
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in HEALTH_SERVICE_NAMES:
+            self.servicer.set(service, status)
+
+    def shut_down(self) -> None:
+        self._shutting_down = True
+        self.servicer.enter_graceful_shutdown()
+
+
+def create_grpc_server(
+    manager: ModelManager,
+    metrics: ServerMetrics,
+    health_reporter: HealthReporter,
+    *,
+    address: str,
+    max_message_bytes: int,
+    max_threads: int,
+    as_tensor_content: bool = False,
+) -> grpc.Server:
+    """A started-later gRPC server bound to `address` (raises RuntimeError when the port is taken)."""
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="grpc"),
+        options=[
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            # Fail on a taken port instead of silently sharing it with another server.
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        PredictionServicer(manager, metrics, as_tensor_content=as_tensor_content), server
+    )
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(manager), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_reporter.servicer, server)
+    if server.add_insecure_port(address) == 0:
+        raise RuntimeError(f"could not bind the gRPC server to {address}")
+    return server

@@ -1,0 +1,275 @@
+"""The local model server: TF Serving's gRPC and REST APIs in one process (ARCHITECTURE.md contract 4).
+
+    python -m serving.server --model_config_file=serving/models.config \\
+        --model_base_path_prefix_map=/models=./models --port=8500 --rest_api_port=8501 \\
+        --enable_batching --batching_parameters_file=serving/batching.cpu.config \\
+        --monitoring_config_file=serving/monitoring.config
+
+Flags use TF Serving's names (`--flag=value` or `--flag value`; booleans also bare). SIGTERM
+or SIGINT stops accepting requests, lets the ones in flight finish (up to
+--shutdown_grace_seconds) and exits 0. The process exits 1 when the first config cannot be
+served (e.g. a label on a version that does not load), as TF Serving refuses to start.
+See serving/README.md for what is implemented and what is not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+from common import model_config
+from serving.batching import BatchingOptions, BatchScheduler
+from serving.grpc_api import HealthReporter, create_grpc_server
+from serving.metrics import ServerMetrics, prometheus_path_from_monitoring_config
+from serving.model_manager import ModelManager, parse_prefix_map, validate_config
+from serving.rest_api import create_rest_app
+from serving.runtime import configure_tensorflow_threads
+from serving.settings import ServerSettings, get_settings
+
+logger = logging.getLogger("serving.server")
+
+
+class StartupError(RuntimeError):
+    """The server cannot start: bad flags or config files, or a port that is taken."""
+
+
+def initial_model_config(settings: ServerSettings) -> tuple[model_config.ModelServerConfig, str]:
+    """The first config and the config file's text.
+
+    From --model_config_file, else from --model_name and --model_base_path."""
+    if settings.model_config_file is not None:
+        try:
+            text = settings.model_config_file.read_text()
+            config = model_config.parse(text)
+        except (OSError, model_config.ModelConfigError) as error:
+            raise StartupError(
+                f"cannot read the model config file {settings.model_config_file}: {error}"
+            ) from error
+        return config, text
+    if settings.model_base_path:
+        return model_config.new_config(settings.model_name, settings.model_base_path), ""
+    raise StartupError("give --model_config_file, or --model_base_path (with --model_name)")
+
+
+class _RestServer:
+    """uvicorn in a thread of its own (it installs no signal handlers off the main thread)."""
+
+    def __init__(self, app: Any, host: str, port: int, grace_seconds: float) -> None:
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=max(1, int(grace_seconds)),
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="rest", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        while not self._server.started:
+            if not self._thread.is_alive():
+                raise StartupError("the REST server did not start (is the port taken?)")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        if self._thread.ident is not None:
+            self._thread.join()
+
+
+class ModelServer:
+    """gRPC + REST + model manager + batching, started and stopped together."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.metrics = ServerMetrics()
+        self.fatal_error: Exception | None = None
+        self.stopped = threading.Event()
+        self._config, self._config_text = initial_model_config(settings)
+        try:
+            validate_config(self._config)
+            prefix_map = parse_prefix_map(settings.model_base_path_prefix_map)
+            batching = (
+                BatchingOptions.from_file(settings.batching_parameters_file)
+                if settings.batching_parameters_file
+                else BatchingOptions()
+            )
+            prometheus_path = (
+                prometheus_path_from_monitoring_config(settings.monitoring_config_file.read_text())
+                if settings.monitoring_config_file
+                else None
+            )
+        except Exception as error:  # any bad flag or file ends the start, with its message
+            raise StartupError(str(error)) from error
+        self.batch_scheduler = BatchScheduler(batching, self.metrics) if settings.enable_batching else None
+        self.manager = ModelManager(
+            runtime_kind=settings.runtime,
+            metrics=self.metrics,
+            prefix_map=prefix_map,
+            batch_scheduler=self.batch_scheduler,
+            enable_warmup=settings.enable_model_warmup,
+            warmup_iterations=settings.num_request_iterations_for_warmup,
+            max_load_retries=settings.max_num_load_retries,
+            load_retry_interval_seconds=settings.load_retry_interval_micros / 1e6,
+            allow_labels_for_unavailable_models=settings.allow_version_labels_for_unavailable_models,
+            file_system_poll_seconds=settings.file_system_poll_wait_seconds,
+            load_threads=settings.num_load_threads,
+        )
+        self.health = HealthReporter(self.manager)
+        self.manager.add_listener(self.health.update)
+        try:
+            self._grpc_server = create_grpc_server(
+                self.manager,
+                self.metrics,
+                self.health,
+                address=f"{settings.host}:{settings.port}",
+                max_message_bytes=settings.grpc_max_message_bytes,
+                max_threads=settings.grpc_max_threads,
+                as_tensor_content=settings.enable_serialization_as_tensor_content,
+            )
+        except RuntimeError as error:
+            raise StartupError(str(error)) from error
+        self._rest_server = (
+            _RestServer(
+                create_rest_app(self.manager, self.metrics, prometheus_path),
+                settings.host,
+                settings.rest_api_port,
+                settings.shutdown_grace_seconds,
+            )
+            if settings.rest_api_port
+            else None
+        )
+        self._batching_options = batching
+
+    def start(self) -> None:
+        if self.settings.runtime == "tensorflow":
+            configure_tensorflow_threads(
+                self.settings.tensorflow_intra_op_parallelism, self.settings.tensorflow_inter_op_parallelism
+            )
+        if self.batch_scheduler is not None:
+            logger.info("Batching on: %s", self._batching_options)
+            self.batch_scheduler.start()
+        self._grpc_server.start()
+        logger.info("Running gRPC ModelServer at %s:%d ...", self.settings.host, self.settings.port)
+        if self._rest_server is not None:
+            self._rest_server.start()
+            logger.info(
+                "Exporting HTTP/REST API at %s:%d ...", self.settings.host, self.settings.rest_api_port
+            )
+        self.manager.start(
+            self._config,
+            on_fatal=self._fail,
+            config_file=self.settings.model_config_file,
+            config_file_text=self._config_text,
+            config_file_poll_seconds=self.settings.model_config_file_poll_wait_seconds,
+        )
+
+    def _fail(self, error: Exception) -> None:
+        logger.error("Failed to start server. Error: %s", error)
+        self.fatal_error = error
+        self.stopped.set()
+
+    def stop(self) -> None:
+        """Stop accepting, let requests in flight finish (grace period), then free everything."""
+        logger.info(
+            "Shutting down: finishing requests in flight (grace %.0f s)", self.settings.shutdown_grace_seconds
+        )
+        self.health.shut_down()
+        grpc_stopped = self._grpc_server.stop(self.settings.shutdown_grace_seconds)
+        if self._rest_server is not None:
+            self._rest_server.stop()
+        grpc_stopped.wait()
+        if self.batch_scheduler is not None:
+            self.batch_scheduler.stop()
+        self.manager.stop()
+        logger.info("Server stopped")
+
+
+# ---------------------------------------------------------------- command line
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise argparse.ArgumentTypeError(f"not a boolean: {text!r}")
+
+
+def argument_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m serving.server",
+        description="TF-Serving-compatible local model server (gRPC + REST). Flags as TF Serving's.",
+        allow_abbrev=False,
+    )
+    defaults = ServerSettings.model_fields
+    for name, field in defaults.items():
+        annotation = field.annotation
+        help_text = field.description or ""
+        if annotation is bool:
+            parser.add_argument(
+                f"--{name}", type=_boolean, nargs="?", const=True, default=None, help=help_text
+            )
+        else:
+            parser.add_argument(f"--{name}", default=None, help=help_text)
+    return parser
+
+
+def parse_arguments(argv: Sequence[str] | None) -> dict[str, Any]:
+    """Only the flags given, so the environment keeps the rest."""
+    namespace = argument_parser().parse_args(argv)
+    return {name: value for name, value in vars(namespace).items() if value is not None}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    overrides = parse_arguments(argv)
+    try:
+        settings = get_settings(**overrides)
+    except ValueError as error:
+        print(f"invalid settings: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level,
+        stream=sys.stdout,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    stop_requested = threading.Event()
+
+    def request_stop(signal_number: int, frame: FrameType | None) -> None:
+        logger.info("Received %s", signal.Signals(signal_number).name)
+        stop_requested.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        server = ModelServer(settings)
+    except StartupError as error:
+        logger.error("Failed to start server. Error: %s", error)
+        return 1
+    try:
+        server.start()
+    except StartupError as error:
+        logger.error("Failed to start server. Error: %s", error)
+        server.stop()
+        return 1
+    while not (stop_requested.is_set() or server.stopped.is_set()):
+        stop_requested.wait(0.5)
+    server.stop()
+    return 1 if server.fatal_error is not None else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""The web page in headless Chromium (Debian's package, driven by Playwright): upload, Analyze, verdict.
+
+Chromium missing is a failure, not a skip: set AIDETECT_SKIP_BROWSER_TESTS=1 to opt out on purpose.
+AIDETECT_SAVE_SCREENSHOTS=1 writes the screenshot to docs/gateway-web-page.png (else to a temp dir).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.gateway.conftest import LiveStack
+from tests.gateway.processes import REPO_ROOT
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = Path(os.environ.get("AIDETECT_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGUMENTS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SCREENSHOT = REPO_ROOT / "docs" / "gateway-web-page.png"
+VERDICTS = {"ai": "Likely AI-generated", "real": "Likely a real photo"}
+
+if os.environ.get("AIDETECT_SKIP_BROWSER_TESTS") == "1":
+    pytest.skip("AIDETECT_SKIP_BROWSER_TESTS=1", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if not CHROMIUM.is_file():
+        pytest.fail(
+            f"no Chromium at {CHROMIUM}: `apt-get install -y chromium` "
+            "(or set AIDETECT_SKIP_BROWSER_TESTS=1 to skip the browser tests on purpose)"
+        )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGUMENTS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser, live_stack: LiveStack) -> Iterator[object]:  # type: ignore[no-untyped-def]
+    context = browser.new_context(viewport={"width": 1000, "height": 900})
+    opened = context.new_page()
+    opened.goto(live_stack.gateway_url + "/")
+    yield opened
+    context.close()
+
+
+def expected_label(stack: LiveStack, path: Path) -> str:
+    response = httpx.post(
+        f"{stack.gateway_url}/predict", files={"file": (path.name, path.read_bytes())}, timeout=60
+    )
+    return str(response.json()["label"])
+
+
+def test_upload_one_file_and_see_the_verdict(
+    page, live_stack: LiveStack, uploads_dir: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    image = uploads_dir / "real_05.jpeg"
+    # The footer shows the model the page talks to (from GET /v1/model).
+    expect(page.locator("#model-info")).to_contain_text("ai_detector v1")
+    page.set_input_files("#file-input", str(image))
+    expect(page.locator(".card .filename")).to_contain_text(image.name)
+    page.click("#analyze")
+    verdict = page.locator(".card .verdict")
+    expect(verdict).to_have_text(VERDICTS[expected_label(live_stack, image)], timeout=60_000)
+    expect(page.locator(".card .numbers")).to_contain_text("threshold 50.0 %")
+    expect(page.locator(".card .numbers")).to_contain_text("model v1")
+    screenshot = (
+        SCREENSHOT if os.environ.get("AIDETECT_SAVE_SCREENSHOTS") == "1" else tmp_path / SCREENSHOT.name
+    )
+    page.screenshot(path=str(screenshot), full_page=True)
+    assert screenshot.stat().st_size > 10_000
+
+
+def test_several_files_go_through_the_batch_endpoint(page, live_stack: LiveStack, uploads_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    paths = [uploads_dir / name for name in ("ai_03.jpeg", "real_12.png", "ai_20.webp")]
+    batch_requests: list[str] = []
+    page.on(
+        "request", lambda request: batch_requests.append(request.url) if "/predict" in request.url else None
+    )
+    page.set_input_files("#file-input", [str(path) for path in paths])
+    page.click("#analyze")
+    verdicts = page.locator(".card .verdict")
+    expect(verdicts).to_have_count(3)
+    for index, path in enumerate(paths):
+        expect(verdicts.nth(index)).to_have_text(VERDICTS[expected_label(live_stack, path)], timeout=60_000)
+    assert batch_requests == [f"{live_stack.gateway_url}/predict/batch"]
+
+
+def test_drop_a_file_and_see_a_clear_error_for_a_non_image(page, live_stack: LiveStack) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    text = base64.b64encode(b"this is a text file named like a photo").decode()
+    data_transfer = page.evaluate_handle(
+        """(encoded) => {
+            const bytes = Uint8Array.from(atob(encoded), (c) => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], "holiday.jpg", { type: "image/jpeg" }));
+            return transfer;
+        }""",
+        text,
+    )
+    page.dispatch_event("#drop-zone", "drop", {"dataTransfer": data_transfer})
+    expect(page.locator(".card .filename")).to_contain_text("holiday.jpg")
+    page.click("#analyze")
+    expect(page.locator("#message")).to_contain_text("not an image", timeout=60_000)
+    expect(page.locator(".card.is-error .state")).to_contain_text("not an image")
+
+
+def test_api_docs_render_offline(browser, live_stack: LiveStack) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    context = browser.new_context()
+    page = context.new_page()
+    outside: list[str] = []
+    page.on("request", lambda request: None if "127.0.0.1" in request.url else outside.append(request.url))
+    page.goto(live_stack.gateway_url + "/docs")
+    expect(page.locator(".opblock-summary-path", has_text="/predict/batch")).to_be_visible(timeout=30_000)
+    context.close()
+    assert outside == []  # Swagger UI comes from the gateway itself, nothing from a CDN

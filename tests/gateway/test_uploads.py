@@ -1,0 +1,107 @@
+"""Reading multipart uploads: limits hold while the body streams in; decoding is the shared function."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.preprocessing import decode_and_resize
+from gateway.errors import MissingFileError, TooManyFilesError, UploadTooLargeError
+from gateway.uploads import ImageDecoder, decode_for_model, max_body_bytes, read_multipart_files
+from tests.gateway import images
+
+BOUNDARY = "test-boundary"
+HEADERS = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
+
+
+def part(field: str, filename: str, data: bytes) -> bytes:
+    return (
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + data
+        + b"\r\n"
+    )
+
+
+class CountingBody:
+    """Yields a body in 1 KiB chunks and counts how many were taken."""
+
+    def __init__(self, body: bytes) -> None:
+        self.chunks = [body[start : start + 1024] for start in range(0, len(body), 1024)]
+        self.taken = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self.chunks:
+            self.taken += 1
+            yield chunk
+
+
+def read(body: CountingBody, **limits: int) -> list:  # type: ignore[type-arg]
+    options = {"max_files": 4, "max_file_bytes": 10_000, "max_body_bytes": 1_000_000, **limits}
+    return asyncio.run(read_multipart_files(HEADERS, body.__aiter__(), field_names=("file",), **options))
+
+
+def test_files_are_read_with_their_names() -> None:
+    data = images.solid(10)
+    body = part("file", "a.png", data) + part("other", "b.png", b"xyz") + f"--{BOUNDARY}--\r\n".encode()
+    (file,) = read(CountingBody(body))
+    assert (file.filename, bytes(file.data)) == ("a.png", data)
+
+
+def test_a_file_over_the_limit_stops_the_read_early() -> None:
+    body = CountingBody(part("file", "big.bin", b"\x00" * 200_000) + f"--{BOUNDARY}--\r\n".encode())
+    with pytest.raises(UploadTooLargeError):
+        read(body, max_file_bytes=10_000)
+    assert body.taken < 15 < len(body.chunks)  # ~10 KiB read out of ~200 KiB
+
+
+def test_a_body_over_its_limit_stops_the_read_early() -> None:
+    body = CountingBody(b"".join(part("file", f"{index}.bin", b"\x01" * 5000) for index in range(20)))
+    with pytest.raises(UploadTooLargeError):
+        read(body, max_files=100, max_body_bytes=20_000)
+    assert body.taken <= 21 < len(body.chunks)
+
+
+def test_too_many_files_stops_at_the_first_extra_file() -> None:
+    body = CountingBody(b"".join(part("file", f"{index}.bin", b"\x01" * 3000) for index in range(10)))
+    with pytest.raises(TooManyFilesError):
+        read(body, max_files=2)
+    assert body.taken < len(body.chunks) // 2
+
+
+def test_no_file_in_the_expected_field() -> None:
+    with pytest.raises(MissingFileError, match="'other'"):
+        read(CountingBody(part("other", "a.png", b"x") + f"--{BOUNDARY}--\r\n".encode()))
+
+
+def test_body_limit_leaves_room_for_part_headers() -> None:
+    assert max_body_bytes(2, 1000) > 2000
+
+
+def test_gateway_decoding_is_the_shared_decode_and_resize(uploads_dir: Path) -> None:
+    for path in sorted(uploads_dir.iterdir()):
+        if path.suffix == ".csv":
+            continue
+        data = path.read_bytes()
+        decoded = decode_for_model(data, max_pixels=50_000_000)
+        assert np.array_equal(decoded.pixels, decode_and_resize(data)), path.name
+        assert decoded.decode_seconds > 0 and decoded.resize_seconds > 0
+
+
+def test_decoder_runs_off_the_event_loop() -> None:
+    decoder = ImageDecoder(threads=2, max_pixels=10_000)
+
+    async def decode_two() -> list:  # type: ignore[type-arg]
+        return list(await asyncio.gather(decoder.decode(images.solid(1)), decoder.decode(images.solid(2))))
+
+    try:
+        first, second = asyncio.run(decode_two())
+    finally:
+        decoder.close()
+    assert first.pixels.shape == second.pixels.shape == (224, 224, 3)

@@ -1,0 +1,331 @@
+"""Shared pieces of the local model server tests: a tiny SavedModel that follows the contract,
+free loopback ports, a server subprocess, and gRPC helpers.
+
+The tiny model has both signatures of the contract (names from common/signatures.py): its
+logit is a linear function of the mean pixel value, so every version gives a different,
+exactly predictable answer, and it loads in about a second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from tensorflow_serving.apis import (
+    get_model_status_pb2,
+    model_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_log_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from common import signatures
+from serving.runtime import ndarray_to_tensor_proto, tensor_proto_to_ndarray
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+SHARED = REPOSITORY.parent / "shared"
+IMAGE_SIZE = 224
+MODEL_NAME = "ai_detector"
+WAIT_SECONDS = 60.0  # upper bound for "eventually" loops; a passing run takes far less
+
+
+def tiny_logit(images: np.ndarray, bias: float) -> np.ndarray:
+    """What the tiny model computes: a logit from the mean pixel value."""
+    mean = images.reshape(images.shape[0], -1).astype(np.float64).mean(axis=1) / 255.0
+    return (4.0 * (mean - 0.5) + bias).astype(np.float32)
+
+
+def build_tiny_saved_model(
+    directory: Path, *, bias: float, threshold: float = 0.5, temperature: float = 1.5
+) -> None:
+    """Write a SavedModel following the model-directory contract (signatures, warmup, model card)."""
+    import tensorflow as tf
+
+    class TinyDetector(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bias = tf.Variable(bias, dtype=tf.float32)
+
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.uint8, name=signatures.IMAGE_INPUT)
+            ]
+        )
+        def serve_image(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
+            mean = tf.reduce_mean(tf.cast(image, tf.float32), axis=[1, 2, 3]) / 255.0
+            logit = 4.0 * (mean - 0.5) + self.bias
+            probability = tf.sigmoid(logit / temperature)
+            threshold_per_row = tf.fill(tf.shape(logit), tf.constant(threshold, tf.float32))
+            return {
+                signatures.OUTPUT_PROBABILITY: probability,
+                signatures.OUTPUT_LOGIT: logit,
+                signatures.OUTPUT_THRESHOLD: threshold_per_row,
+                signatures.OUTPUT_LABEL: tf.cast(probability >= threshold_per_row, tf.int32),
+            }
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=signatures.BYTES_INPUT)])
+        def serve_image_bytes(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+            def decode(one: tf.Tensor) -> tf.Tensor:
+                image = tf.io.decode_image(one, channels=3, expand_animations=False)
+                height, width = tf.shape(image)[0], tf.shape(image)[1]
+                side = tf.minimum(height, width)
+                image = tf.image.crop_to_bounding_box(
+                    image, (height - side) // 2, (width - side) // 2, side, side
+                )
+                resized = tf.image.resize(image, [IMAGE_SIZE, IMAGE_SIZE], antialias=True)
+                return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+
+            images = tf.map_fn(
+                decode, image_bytes, fn_output_signature=tf.TensorSpec([IMAGE_SIZE, IMAGE_SIZE, 3], tf.uint8)
+            )
+            return self.serve_image(images)
+
+    module = TinyDetector()
+    tf.saved_model.save(
+        module,
+        str(directory),
+        signatures={
+            signatures.SERVING_SIGNATURE: module.serve_image.get_concrete_function(),
+            signatures.BYTES_SIGNATURE: module.serve_image_bytes.get_concrete_function(),
+        },
+    )
+    warmup = directory / signatures.WARMUP_FILE
+    warmup.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(warmup)) as writer:
+        for signature_name, alias, value in (
+            (signatures.SERVING_SIGNATURE, signatures.IMAGE_INPUT, random_images(1)),
+            (signatures.BYTES_SIGNATURE, signatures.BYTES_INPUT, np.array([png_bytes(seed=1)], dtype=object)),
+        ):
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = MODEL_NAME
+            request.model_spec.signature_name = signature_name
+            request.inputs[alias].CopyFrom(ndarray_to_tensor_proto(value, as_tensor_content=True))
+            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+    card = {"name": MODEL_NAME, "backbone": "tiny-test", "threshold": threshold, "temperature": temperature}
+    (directory / signatures.MODEL_CARD_FILE).write_text(json.dumps(card))
+    (directory / "model_card.md").write_text("# tiny test model\n")
+
+
+def random_images(count: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(
+        0, 256, size=(count, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8
+    )
+
+
+def png_bytes(seed: int = 0, size: tuple[int, int] = (64, 48)) -> bytes:
+    import io
+
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def copy_version(source: Path, model_root: Path, version: int | str) -> Path:
+    """Install a version the way exporters do: write beside, then rename into place."""
+    model_root.mkdir(parents=True, exist_ok=True)
+    staging = model_root / f".tmp-{version}"
+    shutil.copytree(source, staging)
+    target = model_root / str(version)
+    staging.rename(target)
+    return target
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def config_text(models: list[dict[str, Any]]) -> str:
+    """A models.config; each model: name, base_path, policy (text inside model_version_policy), labels."""
+    blocks = []
+    for model in models:
+        labels = "".join(
+            f'    version_labels {{ key: "{label}" value: {version} }}\n'
+            for label, version in model.get("labels", {}).items()
+        )
+        policy = model.get("policy", "")
+        policy_block = f"    model_version_policy {{ {policy} }}\n" if policy else ""
+        blocks.append(
+            "  config {\n"
+            f'    name: "{model["name"]}"\n'
+            f'    base_path: "{model["base_path"]}"\n'
+            '    model_platform: "tensorflow"\n'
+            f"{policy_block}{labels}"
+            "  }\n"
+        )
+    return "model_config_list {\n" + "".join(blocks) + "}\n"
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen[bytes]
+    grpc_port: int
+    rest_port: int
+    log_path: Path
+
+    @property
+    def grpc_address(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://127.0.0.1:{self.rest_port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_server(extra_flags: list[str], log_path: Path) -> ServerProcess:
+    """Start `python -m serving.server` on free loopback ports; see wait_until_serving for readiness."""
+    grpc_port, rest_port = free_port(), free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "serving.server",
+        f"--port={grpc_port}",
+        f"--rest_api_port={rest_port}",
+        "--host=127.0.0.1",
+        "--tensorflow_intra_op_parallelism=1",
+        "--tensorflow_inter_op_parallelism=1",
+        *extra_flags,
+    ]
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+    log_file = log_path.open("wb")
+    process = subprocess.Popen(
+        command, cwd=REPOSITORY, stdout=log_file, stderr=subprocess.STDOUT, env=environment
+    )
+    return ServerProcess(process, grpc_port, rest_port, log_path)
+
+
+def eventually(condition: Callable[[], Any], what: str, server: ServerProcess | None = None) -> Any:
+    """Poll `condition` until it returns something truthy (errors count as not yet)."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        if server is not None and server.process.poll() is not None:
+            raise AssertionError(
+                f"server exited with {server.process.returncode} while waiting for {what}:\n{server.log()}"
+            )
+        try:
+            result = condition()
+        except (grpc.RpcError, OSError, ValueError, KeyError) as error:
+            last_error = error
+        else:
+            if result:
+                return result
+        time.sleep(0.1)
+    log = server.log() if server else ""
+    raise AssertionError(f"timed out waiting for {what} (last error: {last_error})\n{log}")
+
+
+# ---------------------------------------------------------------- gRPC helpers
+
+
+class Client:
+    """Stubs on one channel to the server under test, with a deadline on every call."""
+
+    def __init__(self, address: str) -> None:
+        self.channel = grpc.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_receive_message_length", 64 << 20),
+                ("grpc.max_send_message_length", 64 << 20),
+            ],
+        )
+        self.predictions = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def predict(
+        self,
+        inputs: dict[str, np.ndarray],
+        *,
+        model_name: str = MODEL_NAME,
+        version: int | None = None,
+        label: str | None = None,
+        signature_name: str = signatures.SERVING_SIGNATURE,
+        output_filter: tuple[str, ...] = (),
+        as_tensor_content: bool = True,
+        timeout: float = 30.0,
+    ) -> tuple[predict_pb2.PredictResponse, dict[str, np.ndarray]]:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = model_name
+        request.model_spec.signature_name = signature_name
+        if version is not None:
+            request.model_spec.version.value = version
+        if label is not None:
+            request.model_spec.version_label = label
+        for alias, value in inputs.items():
+            request.inputs[alias].CopyFrom(
+                ndarray_to_tensor_proto(value, as_tensor_content=as_tensor_content)
+            )
+        request.output_filter.extend(output_filter)
+        response = self.predictions.Predict(request, timeout=timeout)
+        return response, {alias: tensor_proto_to_ndarray(proto) for alias, proto in response.outputs.items()}
+
+    def status(
+        self, model_name: str = MODEL_NAME, version: int | None = None
+    ) -> dict[int, tuple[str, int, str]]:
+        """version -> (state name, error code, error message)."""
+        request = get_model_status_pb2.GetModelStatusRequest(model_spec=model_pb2.ModelSpec(name=model_name))
+        if version is not None:
+            request.model_spec.version.value = version
+        response = self.models.GetModelStatus(request, timeout=10)
+        return {
+            status.version: (
+                get_model_status_pb2.ModelVersionStatus.State.Name(status.state),
+                status.status.error_code,
+                status.status.error_message,
+            )
+            for status in response.model_version_status
+        }
+
+
+@contextlib.contextmanager
+def client_for(server: ServerProcess) -> Iterator[Client]:
+    client = Client(server.grpc_address)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def metric_value(metrics_text: str, name: str, labels: str = "") -> float:
+    """The value of one sample line (`name{labels} value`) in Prometheus text."""
+    wanted = f"{name}{{{labels}}} "
+    for line in metrics_text.splitlines():
+        if line.startswith(wanted):
+            return float(line[len(wanted) :])
+    raise KeyError(f"{wanted!r} not in metrics")
