@@ -96,6 +96,21 @@ class GatewayMetrics:
             namespace=NAMESPACE,
             registry=self.registry,
         )
+        self.model_requests = Counter(
+            "model_requests",
+            "Model calls by version label and outcome (ok / error), once per request after retries.",
+            ["model_name", "version_label", "outcome"],
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
+        self.model_request_seconds = Histogram(
+            "model_request_seconds",
+            "Duration of each model call (retries included) by version label.",
+            ["model_name", "version_label"],
+            namespace=NAMESPACE,
+            registry=self.registry,
+            buckets=LATENCY_BUCKETS,
+        )
         self.model_info = Gauge(
             "model_info",
             "1 for each model version that answered, with the version label that routed to it.",
@@ -103,6 +118,12 @@ class GatewayMetrics:
             namespace=NAMESPACE,
             registry=self.registry,
         )
+
+    def observe_model_request(
+        self, model_name: str, version_label: str, outcome: str, seconds: float
+    ) -> None:
+        self.model_requests.labels(model_name=model_name, version_label=version_label, outcome=outcome).inc()
+        self.model_request_seconds.labels(model_name=model_name, version_label=version_label).observe(seconds)
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         if stage not in STAGES:

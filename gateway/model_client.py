@@ -263,6 +263,19 @@ class ModelClient:
             raise ValueError(
                 f"expected uint8 [N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3], got {images.dtype} {images.shape}"
             )
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            batch = await self._predict(images, target)
+            outcome = "ok"
+            return batch
+        finally:
+            label = "pinned" if target.pinned else target.version_label
+            self.metrics.observe_model_request(
+                self.settings.model_name, label, outcome, time.perf_counter() - started
+            )
+
+    async def _predict(self, images: np.ndarray, target: ModelTarget) -> PredictionBatch:
         metadata = await self.metadata(target)
         stub = self._stubs()[0]
         request = predict_pb2.PredictRequest()
