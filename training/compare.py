@@ -36,6 +36,13 @@ def measure_speed(model: Any, batch_size: int, rounds: int = 5) -> float:
     return statistics.median(timings)
 
 
+def seconds_per_epoch(config: dict[str, Any]) -> str:
+    """Wall-clock training seconds per epoch, as recorded by the run (fine-tuning epochs included)."""
+    if not config.get("training_seconds") or not config.get("epochs_run"):
+        return "?"
+    return f"{config['training_seconds'] / config['epochs_run']:.0f}"
+
+
 def honest_accuracy(evaluation: dict[str, Any]) -> tuple[float, int]:
     """Accuracy over the kaggle-* test sources pooled (count-weighted)."""
     per_source = evaluation["test"]["per_source"]
@@ -59,8 +66,8 @@ def compare(runs: list[Path]) -> str:
         "`predict_on_batch`, median of 5 rounds, all runs measured one after another in this process.",
         "",
         "| run | backbone | weights | epochs | test acc | kaggle-* acc (n) | F1 | ROC-AUC "
-        "| ECE calibrated | ms @1 | img/s @32 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| ECE calibrated | s/epoch | ms @1 | img/s @32 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     robustness_rows = []
     source_rows = []
@@ -76,7 +83,8 @@ def compare(runs: list[Path]) -> str:
             f"| `{run.name}` | {config['backbone']} | {config['weights']} | {config.get('epochs_run', '?')} "
             f"| {test['accuracy']:.3f} | {honest:.3f} ({honest_count}) | {test['f1']:.3f} "
             f"| {test['roc_auc']:.3f} | "
-            f"{test['ece_calibrated']:.3f} | {milliseconds_single:.1f} | {images_per_second:.1f} |"
+            f"{test['ece_calibrated']:.3f} | {seconds_per_epoch(config)} | {milliseconds_single:.1f} "
+            f"| {images_per_second:.1f} |"
         )
         robustness = evaluation.get("robustness", {})
         robustness_rows.append(
