@@ -3,19 +3,27 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 SHARED_DATA ?= ../shared/data/ai-vs-real
-SERVICE_CODE := common training export serving gateway k8s
+SERVICE_CODE := common training export serving gateway k8s loadtest
 # checkov (policy scan of k8s/) pins packages that conflict with .venv's (packaging, networkx,
 # python-dateutil...), so it lives in a virtualenv of its own.
 TOOLS_VENV := .venv-tools
+# make loadtest: Locust users, users started per second, run time; URL (and MODEL_SERVER) = a running stack.
+USERS ?= 10
+SPAWN_RATE ?= 2
+DURATION ?= 60s
 
-.PHONY: setup tools run test lint typecheck pytest train evaluate data-report clean k8s-render
+.PHONY: setup tools browser run test lint typecheck pytest train evaluate data-report clean k8s-render loadtest soak fuzz
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV) && $(BIN)/pip install --quiet --upgrade pip && $(BIN)/pip install --quiet -e ".[dev]" && touch $@
 
-tools: $(TOOLS_VENV)/.installed
+tools: $(TOOLS_VENV)/.installed browser
+
+# The browser test drives Debian's Chromium (never a downloaded browser); installed once, as root.
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
 $(TOOLS_VENV)/.installed: k8s/checkov-requirements.txt
 	$(PYTHON) -m venv $(TOOLS_VENV) && echo '*' > $(TOOLS_VENV)/.gitignore && $(TOOLS_VENV)/bin/pip install --quiet -r k8s/checkov-requirements.txt && touch $@
@@ -34,8 +42,18 @@ typecheck: setup
 pytest: setup tools
 	$(BIN)/pytest
 
+loadtest: setup
+	$(BIN)/python -m loadtest.run --users $(USERS) --spawn-rate $(SPAWN_RATE) --duration $(DURATION) $(if $(URL),--url $(URL)) $(if $(MODEL_SERVER),--model-server $(MODEL_SERVER))
+
 train: setup
 	$(BIN)/python -m training.train --data $(SHARED_DATA) --backbone efficientnet_lite0 --output runs/efficientnet_lite0
+
+# Reliability (docs/reliability.md): 10+ minutes at half the saturation rate, real model; and the long fuzz run.
+soak: setup
+	$(BIN)/python -m tests.reliability.soak --minutes $${SOAK_MINUTES:-10}
+
+fuzz: setup
+	AIDETECT_FUZZ_SCALE=$${FUZZ_SCALE:-10} AIDETECT_FUZZ_SEED=$${FUZZ_SEED:-$$(date +%s)} AIDETECT_RELIABILITY_RESULTS=results/reliability/fuzz $(BIN)/pytest -p no:cacheprovider tests/reliability/test_bad_input.py tests/reliability/test_properties.py tests/reliability/test_model_server_bad_input.py
 
 data-report: setup
 	$(BIN)/python -m training.data report $(SHARED_DATA)

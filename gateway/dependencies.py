@@ -16,6 +16,9 @@ from gateway.settings import VERSION_LABEL_PATTERN, Settings
 from gateway.traffic import CanarySplit, CanarySplitSource
 from gateway.uploads import ImageDecoder
 
+# TF Serving's version numbers are int64: a larger one cannot even be put in the request.
+MAX_MODEL_VERSION = 2**63 - 1
+
 
 def get_settings_of_app(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
@@ -68,7 +71,7 @@ def get_target(
     """The model version a request goes to: pinned by header/query, else settings' label (or canary)."""
     if x_model_version:
         pinned = x_model_version.strip()
-        if pinned.isdigit():
+        if pinned.isascii() and pinned.isdigit():  # not "²": str.isdigit() is true for it, int() fails
             if label or (version is not None and version != int(pinned)):
                 raise InvalidParameterError("X-Model-Version and the query pin different model versions")
             version = int(pinned)
@@ -78,8 +81,10 @@ def get_target(
             label = pinned
     if version is not None and label:
         raise InvalidParameterError("pin either a model version or a version label, not both")
-    if version is not None and version < 1:
-        raise InvalidParameterError(f"model versions are positive integers, got {version}")
+    if version is not None and not 1 <= version <= MAX_MODEL_VERSION:
+        raise InvalidParameterError(
+            f"model versions are integers from 1 to {MAX_MODEL_VERSION}, got {version}"
+        )
     if label and not VERSION_LABEL_PATTERN.match(label):
         raise InvalidParameterError("version labels are 1-64 letters, digits, '-' or '_'")
     return choose_target(settings, split, version=version, label=label or None)

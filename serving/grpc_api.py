@@ -90,11 +90,17 @@ def metadata_response(
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     # Method names are the gRPC service's (CamelCase), hence the N802 exemptions.
     def __init__(
-        self, manager: ModelManager, metrics: ServerMetrics, *, as_tensor_content: bool = False
+        self,
+        manager: ModelManager,
+        metrics: ServerMetrics,
+        *,
+        as_tensor_content: bool = False,
+        max_tensor_bytes: int | None = None,
     ) -> None:
         self._manager = manager
         self._metrics = metrics
         self._as_tensor_content = as_tensor_content
+        self._max_tensor_bytes = max_tensor_bytes
 
     def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext) -> Any:  # noqa: N802
         started = time.monotonic()
@@ -118,7 +124,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         inputs = {}
         for alias, proto in request.inputs.items():
             try:
-                inputs[alias] = tensor_proto_to_ndarray(proto)
+                inputs[alias] = tensor_proto_to_ndarray(proto, self._max_tensor_bytes)
             except InvalidArgumentError as error:
                 raise InvalidArgumentError(f"tensor parsing error: {alias} ({error.message})") from error
         version, label = version_choice(request.model_spec)
@@ -219,7 +225,11 @@ def create_grpc_server(
         ],
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(manager, metrics, as_tensor_content=as_tensor_content), server
+        # A decoded tensor may be as large as a message could carry it in full, no larger.
+        PredictionServicer(
+            manager, metrics, as_tensor_content=as_tensor_content, max_tensor_bytes=max_message_bytes
+        ),
+        server,
     )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(manager), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_reporter.servicer, server)

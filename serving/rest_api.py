@@ -238,9 +238,12 @@ def outputs_to_json(outputs: dict[str, np.ndarray], row_format: bool) -> dict[st
 
 
 class RestApi:
-    def __init__(self, manager: ModelManager, metrics: ServerMetrics) -> None:
+    def __init__(
+        self, manager: ModelManager, metrics: ServerMetrics, max_body_bytes: int | None = None
+    ) -> None:
         self._manager = manager
         self._metrics = metrics
+        self._max_body_bytes = max_body_bytes
 
     async def handle(self, request: Request) -> Response:
         path, method = request.url.path, request.method
@@ -273,7 +276,7 @@ class RestApi:
         status = "OK"
         self._metrics.in_flight_requests.increment("REST")
         try:
-            body = await request.body()
+            body = await self._read_body(request)
             return _json_response(await run_in_threadpool(self._predict_blocking, body, spec))
         except ServingError as error:
             status = error.code_name
@@ -285,10 +288,20 @@ class RestApi:
                 known, status, time.monotonic() - started, api="Predict", entrypoint="REST"
             )
 
+    async def _read_body(self, request: Request) -> bytes:
+        """The body, refused once it is over the limit (the gRPC message limit): memory stays bounded."""
+        limit = self._max_body_bytes
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if limit is not None and len(body) > limit:
+                raise InvalidArgumentError(f"the request body is over the limit of {limit:,} bytes")
+        return bytes(body)
+
     def _predict_blocking(self, body: bytes, spec: model_pb2.ModelSpec) -> dict[str, Any]:
         try:
             document = json.loads(body)
-        except ValueError as error:
+        except (ValueError, RecursionError) as error:  # RecursionError: arrays nested too deep
             raise InvalidArgumentError(f"JSON Parse error: {error}") from error
         if not isinstance(document, dict):
             raise InvalidArgumentError("JSON Value: not formatted correctly. Expecting an object")
@@ -315,8 +328,13 @@ def _unpack_signature_map(any_message: Any) -> get_model_metadata_pb2.SignatureD
     return signature_map
 
 
-def create_rest_app(manager: ModelManager, metrics: ServerMetrics, prometheus_path: str | None) -> Starlette:
-    api = RestApi(manager, metrics)
+def create_rest_app(
+    manager: ModelManager,
+    metrics: ServerMetrics,
+    prometheus_path: str | None,
+    max_body_bytes: int | None = None,
+) -> Starlette:
+    api = RestApi(manager, metrics, max_body_bytes)
 
     async def serving_error(request: Request, error: Exception) -> Response:
         # Registered for ServingError only; the fallback keeps the type checker and odd callers honest.

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -77,7 +78,10 @@ _VALUE_FIELD_BY_TF_DTYPE: dict[int, str] = {
 
 
 def dtype_name(tf_dtype: int) -> str:
-    """`DT_UINT8` for the enum value, as TF Serving prints dtypes."""
+    """`DT_UINT8` for the enum value, as TF Serving prints dtypes (a number TF has no name for, as is:
+    requests can carry any number in the enum field)."""
+    if tf_dtype not in types_pb2.DataType.values():
+        return f"DataType {tf_dtype}"
     name: str = types_pb2.DataType.Name(tf_dtype)
     return name
 
@@ -197,16 +201,25 @@ def read_signatures(version_path: Path) -> dict[str, SignatureSpec]:
 # ---------------------------------------------------------------- TensorProto <-> numpy
 
 
-def tensor_proto_to_ndarray(proto: tensor_pb2.TensorProto) -> np.ndarray:
+def tensor_proto_to_ndarray(proto: tensor_pb2.TensorProto, max_bytes: int | None = None) -> np.ndarray:
     """Decode like tf.make_ndarray: tensor_content, else the typed field (one value fills the
-    tensor; fewer values are padded with the last, as TF does)."""
+    tensor; fewer values are padded with the last, as TF does).
+
+    `max_bytes` bounds the decoded size: the fill rule lets a request of a few bytes declare a
+    shape of gigabytes, so requests are held to what a message could carry in full."""
     dtype = numpy_dtype(proto.dtype)
     if proto.tensor_shape.unknown_rank:
         raise InvalidArgumentError("tensor has unknown rank")
     shape = tuple(int(dim.size) for dim in proto.tensor_shape.dim)
     if any(size < 0 for size in shape):
         raise InvalidArgumentError(f"tensor shape {list(shape)} has a negative dimension")
-    element_count = int(np.prod(shape, dtype=np.int64))
+    element_count = math.prod(shape)  # Python ints: np.prod would wrap around on huge shapes
+    # Zero dimensions count as 1 here: numpy refuses [0, 2**31, 2**31] as too big all the same.
+    declared_bytes = math.prod(max(size, 1) for size in shape) * dtype.itemsize
+    if max_bytes is not None and declared_bytes > max_bytes:
+        raise InvalidArgumentError(
+            f"tensor of shape {list(shape)} would take {declared_bytes:,} bytes; the limit is {max_bytes:,}"
+        )
     if proto.tensor_content and proto.dtype != types_pb2.DT_STRING:
         if len(proto.tensor_content) != element_count * dtype.itemsize:
             raise InvalidArgumentError(

@@ -143,7 +143,7 @@ class ModelServer:
             raise StartupError(str(error)) from error
         self._rest_server = (
             _RestServer(
-                create_rest_app(self.manager, self.metrics, prometheus_path),
+                create_rest_app(self.manager, self.metrics, prometheus_path, settings.grpc_max_message_bytes),
                 settings.host,
                 settings.rest_api_port,
                 settings.shutdown_grace_seconds,

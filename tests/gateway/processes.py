@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,9 +87,15 @@ class ManagedProcess:
 
 
 def model_server_process(
-    config_file: Path, models_root: Path, grpc_port: int, rest_port: int, log_path: Path
+    config_file: Path,
+    models_root: Path,
+    grpc_port: int,
+    rest_port: int,
+    log_path: Path,
+    extra_flags: Sequence[str] = (),
 ) -> ManagedProcess:
-    """The local model server with the production config's paths mapped onto `models_root`."""
+    """The local model server with the production config's paths mapped onto `models_root`;
+    `extra_flags` are more TF Serving flags (batching, load retries, ...)."""
     command = [
         sys.executable,
         "-m",
@@ -100,6 +106,7 @@ def model_server_process(
         f"--model_config_file={config_file}",
         f"--model_base_path_prefix_map=/models={models_root}",
         "--shutdown_grace_seconds=2",
+        *extra_flags,
     ]
     return ManagedProcess(command, log_path)
 

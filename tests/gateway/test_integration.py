@@ -8,29 +8,22 @@ proves the tensor reached the model intact and the answer came back unchanged.
 from __future__ import annotations
 
 import csv
-import math
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from common.preprocessing import decode_and_resize
 from gateway.main import create_app
 from gateway.settings import Settings
 from tests.gateway import images
 from tests.gateway.conftest import LiveStack
 from tests.gateway.processes import answers, wait_until
+from tests.gateway.tiny_model_score import expected_score
 
 pytestmark = pytest.mark.integration
 
 CONTENT_TYPES = {".jpeg": "image/jpeg", ".jpg": "image/jpeg", ".png": "image/png", ".webp": "image/webp"}
-
-
-def expected_score(image_bytes: bytes) -> float:
-    brightness = decode_and_resize(image_bytes).astype(np.float64).mean() / 255.0
-    return 1.0 / (1.0 + math.exp(-(brightness - 0.5) * 10.0))
 
 
 def upload_rows(uploads_dir: Path) -> list[dict[str, str]]:

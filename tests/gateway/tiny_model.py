@@ -16,9 +16,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
 from common import signatures
 from common.preprocessing import IMAGE_SIZE
-
-TEMPERATURE = 1.0
-THRESHOLD = 0.5
+from tests.gateway.tiny_model_score import TEMPERATURE, THRESHOLD  # the formula, without TensorFlow
 
 
 class TinyDetector(tf.Module):

@@ -1,0 +1,1 @@
+"""Load tests (Locust) and benchmarks of the aidetect stack; see loadtest/README.md."""

@@ -1,0 +1,164 @@
+"""What else the machine was doing during a measurement, and what the machine is.
+
+On a shared 2-core machine a latency figure means little without the CPU that other processes
+took meanwhile, so every load test and benchmark step records it next to its numbers.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class OtherLoad:
+    """CPU used by processes outside the measurement, as a share of all cores (1.0 = every core busy)."""
+
+    share_of_machine: float
+    seconds: float
+    busiest: list[tuple[str, float]]  # (command, share of the machine), largest first
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "share_of_machine": round(self.share_of_machine, 3),
+            "seconds": round(self.seconds, 1),
+            "busiest": [{"command": command, "share": round(share, 3)} for command, share in self.busiest],
+        }
+
+    def describe(self) -> str:
+        top = ", ".join(f"{command} {share:.0%}" for command, share in self.busiest[:3]) or "none"
+        return f"other processes used {self.share_of_machine:.0%} of the CPU (busiest: {top})"
+
+
+def _command(process: psutil.Process) -> str:
+    try:
+        words = process.cmdline()[:4] or [process.name()]
+    except (psutil.Error, OSError):
+        return "?"
+    return " ".join(Path(words[0]).name if index == 0 else word for index, word in enumerate(words))[:80]
+
+
+@dataclass
+class OtherLoadMonitor:
+    """Samples every process's CPU time every `interval_seconds` in a background thread.
+
+    Ours: this process, its descendants, and the trees of `own_process_ids` (servers started
+    with start_new_session, so not our descendants in the process tree's sense after a re-parent).
+    """
+
+    interval_seconds: float = 1.0
+    own_process_ids: set[int] = field(default_factory=set)
+    _previous: dict[int, float] = field(default_factory=dict)
+    _commands: dict[int, str] = field(default_factory=dict)
+    _other_seconds: dict[str, float] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    _started: float = 0.0
+
+    def _own(self) -> set[int]:
+        own = set()
+        for root in (os.getpid(), *self.own_process_ids):
+            own.add(root)
+            try:
+                own.update(child.pid for child in psutil.Process(root).children(recursive=True))
+            except psutil.Error:
+                continue
+        return own
+
+    def _sample(self, count: bool) -> None:
+        own = self._own()
+        current: dict[int, float] = {}
+        for process in psutil.process_iter():
+            try:
+                times = process.cpu_times()
+            except psutil.Error:
+                continue
+            current[process.pid] = times.user + times.system
+        if count:
+            for pid, seconds in current.items():
+                if pid in own:
+                    continue
+                # Born since the last sample: all of its time is new (a reused pid starts lower).
+                before = self._previous.get(pid, 0.0)
+                delta = seconds - before if seconds >= before else seconds
+                if delta <= 0:
+                    continue
+                if pid not in self._commands:
+                    try:
+                        self._commands[pid] = _command(psutil.Process(pid))
+                    except psutil.Error:
+                        self._commands[pid] = "?"
+                command = self._commands[pid]
+                self._other_seconds[command] = self._other_seconds.get(command, 0.0) + delta
+        self._previous = current
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_seconds):
+            self._sample(count=True)
+
+    def start(self) -> OtherLoadMonitor:
+        self._previous, self._commands, self._other_seconds = {}, {}, {}
+        self._sample(count=False)
+        self._stop.clear()
+        self._started = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="other-load-monitor", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> OtherLoad:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._sample(count=True)
+        elapsed = max(time.monotonic() - self._started, 1e-9)
+        capacity = elapsed * (psutil.cpu_count() or 1)
+        busiest = sorted(self._other_seconds.items(), key=lambda item: item[1], reverse=True)[:5]
+        total = sum(self._other_seconds.values())
+        return OtherLoad(
+            share_of_machine=total / capacity,
+            seconds=total,
+            busiest=[(command, seconds / capacity) for command, seconds in busiest],
+        )
+
+
+def machine_description() -> dict[str, Any]:
+    model_name = ""
+    cpu_info = Path("/proc/cpuinfo")
+    if cpu_info.is_file():
+        for line in cpu_info.read_text().splitlines():
+            if line.startswith("model name"):
+                model_name = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu": model_name or platform.processor() or platform.machine(),
+        "logical_cpus": psutil.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def code_version() -> str:
+    """The commit the code was run from, with `+dirty` when the tree has changes.
+
+    (training.train.code_version says the same but imports TensorFlow, seconds for a load test.)"""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{commit}+dirty" if dirty else commit
