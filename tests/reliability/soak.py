@@ -189,10 +189,10 @@ def memory_summary(samples: list[tuple[float, int]], start: float) -> dict[str, 
     values = np.array([rss / MEBIBYTE for _, rss in samples])
     first, last = values[times < 60], values[times > times.max() - 60]
     slope = float(np.polyfit(times, values, 1)[0]) * 3600 if len(values) > 2 else 0.0
-    per_minute = [round(float(values[(times >= 60 * m) & (times < 60 * (m + 1))].mean()), 1)
-                  for m in range(int(times.max() // 60) + 1) if ((times >= 60 * m) & (times < 60 * (m + 1))).any()]  # fmt: skip
+    minute_of = (times // 60).astype(int)
+    per_minute = [round(float(values[minute_of == minute].mean()), 1) for minute in np.unique(minute_of)]
     return {
-        "per_minute_mib": per_minute,  # type: ignore[dict-item]
+        "per_minute_mib": per_minute,
         "first_minute_mib": round(float(first.mean()), 1),
         "last_minute_mib": round(float(last.mean()), 1),
         "growth_mib": round(float(last.mean() - first.mean()), 1),
@@ -275,7 +275,9 @@ def main(argv: list[str] | None = None) -> int:
         not errors
         and not load.skipped
         and latency.get("p95_ms", float("inf")) < arguments.p95_limit_ms
-        and all(float(summary["growth_mib"]) < arguments.rss_growth_limit_mib for summary in memory.values())  # type: ignore[arg-type]
+        and all(
+            float(str(summary["growth_mib"])) < arguments.rss_growth_limit_mib for summary in memory.values()
+        )
         and all(alive.values())
     )
     print("SOAK PASSED" if passed else "SOAK FAILED", flush=True)
