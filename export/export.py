@@ -16,6 +16,7 @@ import gc
 import logging
 import re
 import shutil
+import signal
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,6 +193,12 @@ def export_run(
     return ExportResult(path=target, version=target_version, variant=chosen, card=card)
 
 
+def _exit_on_sigterm(signal_number: int, frame: object) -> None:
+    # SIGTERM (a timeout, `kill`, a CI job ending) would end the process without running
+    # `finally`, leaving the staging folder behind; as SystemExit it unwinds and cleans up.
+    raise SystemExit(128 + signal_number)
+
+
 def _parse_batch_sizes(text: str | None) -> list[int] | None:
     if not text:
         return None
@@ -240,6 +247,7 @@ def main(
     from export.optimize import Tolerance
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         result = export_run(
             run_dir,
