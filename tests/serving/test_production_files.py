@@ -30,9 +30,6 @@ COMPOSE_FILE = REPO_ROOT / "compose.yaml"
 MODELS_MOUNT = "/models"  # where models/ is mounted in the container
 CONFIG_MOUNT = "/config"  # where serving/ (the config files) lands in the container
 # Files compose.yaml may reference before they exist, with the issue that writes them.
-WRITTEN_LATER = {"gateway/Dockerfile": "the gateway issue"}
-
-
 # --- TF Serving's BatchingParameters and MonitoringConfig ------------------------------------
 # tensorflow-serving-api ships ModelServerConfig but not these two messages, so they are
 # declared here with upstream's package, names and field numbers (session_bundle_config.proto,
@@ -332,10 +329,6 @@ def compose_references() -> list[str]:
 
 @pytest.mark.parametrize("reference", compose_references())
 def test_compose_references_existing_files(reference: str) -> None:
-    if reference == "models":
-        pytest.skip("models/ is written by the export stage (python -m export.export)")
-    if reference in WRITTEN_LATER and not (REPO_ROOT / reference).exists():
-        pytest.skip(f"{reference} is written by {WRITTEN_LATER[reference]}")
     assert (REPO_ROOT / reference).exists(), f"compose.yaml references missing {reference}"
 
 
