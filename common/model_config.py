@@ -9,12 +9,12 @@ atomic (temporary file + rename) because model servers poll the file.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from google.protobuf import text_format
 from tensorflow_serving.config.model_server_config_pb2 import ModelConfig, ModelServerConfig
+
+from common.files import write_text_atomically
 
 DEFAULT_MODEL_NAME = "ai_detector"
 STABLE_LABEL = "stable"
@@ -47,14 +47,7 @@ def save(config: ModelServerConfig, path: Path) -> None:
     path = Path(path)
     text = dumps(config)
     parse(text)  # round-trip check before anything is replaced
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        Path(temporary).replace(path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_text_atomically(path, text)
 
 
 def model(config: ModelServerConfig, name: str = DEFAULT_MODEL_NAME) -> ModelConfig:

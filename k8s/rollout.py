@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import enum
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -41,6 +40,7 @@ from typing import Annotated
 import typer
 
 from common import model_config
+from common.files import write_text_atomically
 from common.model_config import CANARY_LABEL, DEFAULT_MODEL_NAME, STABLE_LABEL, ModelConfigError
 from k8s import canary_watch
 from k8s.errors import (
@@ -215,7 +215,7 @@ class TrafficSwitch:
             )
         text = self.document(percent)
         if self.file is not None:
-            write_atomically(self.file, text)
+            write_text_atomically(self.file, text)
         if self.kubectl is not None:
             self.kubectl.patch_configmap(self.configmap, TRAFFIC_FILE_KEY, text)
         say(f"gateway traffic: {percent:g}% of unpinned requests -> label {self.canary_label!r}")
@@ -243,18 +243,6 @@ class TrafficSwitch:
                 raise WaitTimeoutError(f"the gateways still report canary shares {shares}, not {percent:g}")
             time.sleep(0.5)
         time.sleep(self.settle_seconds)
-
-
-def write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        Path(temporary).replace(path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 # -- the rollout ------------------------------------------------------------------------------
