@@ -17,11 +17,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway import run_local
 from loadtest import report
 from loadtest.machine import OtherLoad, OtherLoadMonitor, code_version, machine_description
 from loadtest.settings import GRPC_USER, USER_CLASSES, Settings
@@ -104,10 +106,15 @@ def run_locust(command: list[str], log_path: Path) -> int:
         process = subprocess.Popen(
             command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
-        for line in process.stdout or ():
-            sys.stdout.write(line)
-            log.write(line)
-        return process.wait()
+        try:
+            for line in process.stdout or ():
+                sys.stdout.write(line)
+                log.write(line)
+            return process.wait()
+        finally:
+            if process.poll() is None:  # interrupted: do not leave Locust running on its own
+                process.terminate()
+                process.wait()
 
 
 def results_folder(base: Path) -> Path:
@@ -207,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     except StackError as error:
         print(f"loadtest: {error}", file=sys.stderr)
         return EXIT_ERROR
+    except run_local.StopRequestedError as stop:
+        print(f"loadtest: {stop.args[0]}: stopped (the stack it started is stopped too)", file=sys.stderr)
+        return EXIT_ERROR
     print()
     print(report.render_summary_table(outcome.summaries))
     print(f"meanwhile {outcome.other_load.describe()}")
@@ -221,4 +231,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # SIGTERM unwinds like Ctrl-C, so the stack this run started is stopped on the way out.
+    signal.signal(signal.SIGTERM, run_local.raise_stop)
     sys.exit(main())
