@@ -155,6 +155,8 @@ def start_stack(
 
 
 def start_baseline(model: BenchmarkModel, log_directory: Path) -> RunningSystem:
+    if model.keras_model is None:
+        raise BenchmarkError(f"no Keras model for the baseline of {model.description}")
     port = free_port()
     log_directory.mkdir(parents=True, exist_ok=True)
     log_path = log_directory / "baseline.log"
@@ -395,7 +397,7 @@ def run_benchmark(
                 "key": model.key,
                 "description": model.description,
                 "version_dir": display_path(model.version_dir),
-                "keras_model": display_path(model.keras_model),
+                "keras_model": display_path(model.keras_model) if model.keras_model else None,
                 "variant": model.variant,
                 "backbone": model.card.get("backbone"),
             }
@@ -686,12 +688,12 @@ def best_stages(entry: dict[str, Any]) -> dict[str, Any] | None:
     return stages_ms
 
 
-def write_into(document: Path, section: str) -> None:
+def write_into(document: Path, section: str, begin: str = BEGIN_MARKER, end: str = END_MARKER) -> None:
     """Replace the text between the markers of `document` (or append the section when it has none)."""
     text = document.read_text() if document.is_file() else ""
-    if BEGIN_MARKER in text and END_MARKER in text:
-        before = text.split(BEGIN_MARKER, 1)[0]
-        after = text.split(END_MARKER, 1)[1]
+    if begin in text and end in text:
+        before = text.split(begin, 1)[0]
+        after = text.split(end, 1)[1]
         text = before + section + after
     else:
         text = text + ("\n" if text and not text.endswith("\n") else "") + section + "\n"
@@ -725,7 +727,12 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         help="one stack per file (the first is 'the stack'); plus one without batching",
     )
     parser.add_argument("--no-unbatched", action="store_true", help="skip the stack without batching")
-    parser.add_argument("--resnet50-variant", default="auto", help="export variant of the ResNet50 model")
+    parser.add_argument(
+        "--resnet50-variant",
+        default="folded",
+        help="export variant of the ResNet50 model (default: folded, what the starter model serves; "
+        "auto measures every variant first, XLA ones included, which takes long on this CPU)",
+    )
     parser.add_argument("--models-dir", type=Path, default=REPO_ROOT / "models", help="where the starter is")
     parser.add_argument(
         "--starter-keras", type=Path, help="the starter's model.keras (default: its card's run)"

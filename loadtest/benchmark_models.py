@@ -39,7 +39,7 @@ class BenchmarkModel:
     key: str
     description: str
     version_dir: Path
-    keras_model: Path
+    keras_model: Path | None  # None: not known (no baseline can be started)
     card: dict[str, Any]
 
     @property
@@ -131,9 +131,15 @@ def resnet50_model(version_dir: Path, run_dir: Path, card: dict[str, Any]) -> Be
 
 
 def find_starter(
-    models_dir: Path, model_name: str = DEFAULT_MODEL_NAME, keras_model: Path | None = None
+    models_dir: Path,
+    model_name: str = DEFAULT_MODEL_NAME,
+    keras_model: Path | None = None,
+    require_keras_model: bool = True,
 ) -> BenchmarkModel:
-    """The highest version of the repository's model and the Keras model of its training run."""
+    """The highest version of the repository's model and the Keras model of its training run.
+
+    Without `require_keras_model` (measurements that start no baseline) the Keras model may be
+    missing: `keras_model` is then None when the card names no run."""
     versions = integer_versions(models_dir / model_name)
     if not versions:
         raise BenchmarkModelError(f"no version in {models_dir / model_name}: export the starter model first")
@@ -141,13 +147,13 @@ def find_starter(
     card = read_card(version_dir)
     if keras_model is None:
         run = card.get("training", {}).get("run")
-        if not run:
+        if run:
+            keras_model = (Path(run) if Path(run).is_absolute() else REPO_ROOT / run) / "model.keras"
+        elif require_keras_model:
             raise BenchmarkModelError(
                 f"{version_dir}'s model card names no training run; pass --starter-keras"
             )
-        keras_model = Path(run) if Path(run).is_absolute() else REPO_ROOT / run
-        keras_model = keras_model / "model.keras"
-    if not keras_model.is_file():
+    if require_keras_model and (keras_model is None or not keras_model.is_file()):
         raise BenchmarkModelError(
             f"the starter's Keras model {keras_model} is not here (runs/ is not committed): retrain it, "
             "or pass --starter-keras, or leave the starter out with --models resnet50"

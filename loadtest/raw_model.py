@@ -5,7 +5,8 @@
 Loads the version folder with tf.saved_model.load, calls its `serving_default` signature on the
 real uploads (decoded once, beforehand, with the shared preprocessing) at each batch size for
 about `--seconds` seconds in `--rounds` rounds, and prints JSON: images per second per batch
-size (median of the rounds), the best of them, and the CPU other processes used meanwhile.
+size (median of the rounds) with this process's CPU time per image (core-ms, all threads), the
+best of them, and the CPU other processes used meanwhile.
 The benchmark runs this in a child process, so TensorFlow's memory and threads are gone before
 the servers are measured.
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 
 from common import signatures
 from loadtest.machine import OtherLoadMonitor
@@ -38,12 +40,15 @@ def measure(
     loaded = tf.saved_model.load(str(version_dir))
     serve = loaded.signatures[signatures.SERVING_SIGNATURE]
     monitor = OtherLoadMonitor().start()
+    process = psutil.Process()
     per_batch_size: dict[int, dict[str, Any]] = {}
     for batch_size in batch_sizes:
         batch = tf.constant(np.stack([images[index % len(images)] for index in range(batch_size)]))
         for _ in range(2):  # the first calls of a new shape trace and allocate
             serve(**{signatures.IMAGE_INPUT: batch})
         rates = []
+        timed_images = 0
+        cpu_before = process.cpu_times()
         for _ in range(rounds):
             calls = 0
             started = time.perf_counter()
@@ -54,10 +59,14 @@ def measure(
                 if elapsed >= seconds / rounds:
                     break
             rates.append(calls * batch_size / elapsed)
+            timed_images += calls * batch_size
+        cpu_after = process.cpu_times()
+        cpu_seconds = (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)
         per_batch_size[batch_size] = {
             "images_per_second": statistics.median(rates),
             "rounds": [round(rate, 2) for rate in rates],
             "milliseconds_per_batch": 1000 * batch_size / statistics.median(rates),
+            "cpu_milliseconds_per_image": 1000 * cpu_seconds / timed_images,
         }
     best_batch_size = max(per_batch_size, key=lambda size: per_batch_size[size]["images_per_second"])
     return {

@@ -1,0 +1,426 @@
+"""Where the CPU goes: core-milliseconds per request, process by process, at saturation.
+
+    python -m loadtest.cpu_budget [--models resnet50 starter] [--seconds 20] [--concurrency 16]
+
+On these 2 cores the load generator, the gateway and the model server share the CPU with the
+model itself, so when the machine is saturated the stack completes at most
+2 cores x 1000 ms / (core-ms of every process per request) requests per second, while the raw
+ceiling is 2 x 1000 / (the model's core-ms per image at its best batch size). Their quotient
+bounds "saturation / raw ceiling" whatever the serving does. This measures both sides with the
+processes' own CPU times (psutil, before and after a closed-loop step):
+
+1. the raw model in process (`loadtest.raw_model`, which reports CPU time per image),
+2. the stack on the real uploads, one image per request,
+3. the stack on the same images pre-resized to 224x224 PNG (decoding almost free): what the
+   serving path costs when the upload's decode is taken out,
+4. the shared decode-and-resize on each real upload in this process (one thread), and what
+   JPEG DCT-domain downscaling (Pillow's `draft`) would save: measured, not used (it would change
+   the preprocessing the starter model was trained with, ARCHITECTURE.md contract 1).
+
+The results go to results/cpu_budget/<stamp>/cpu_budget.json and between the cpu-budget markers
+of docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import io
+import json
+import os
+import shutil
+import signal
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+from PIL import Image, ImageOps
+
+from common.preprocessing import IMAGE_SIZE, open_image, resize_to_model_input, to_rgb
+from gateway import run_local
+from loadtest import generator, stages
+from loadtest.benchmark import (
+    DEFAULT_OUTPUT,
+    REPO_ROOT,
+    START_TIMEOUT_SECONDS,
+    BenchmarkError,
+    BenchmarkSettings,
+    display_path,
+    measure_raw,
+    model_workspace,
+    write_into,
+)
+from loadtest.benchmark_models import BenchmarkModel, BenchmarkModelError, find_starter, prepare_resnet50
+from loadtest.machine import code_version, machine_description
+from loadtest.samples import MultipartUpload, UploadSample, load_uploads, multipart_upload
+from loadtest.settings import UPLOADS_DIRECTORY
+from loadtest.stack import DEFAULT_BATCHING_FILE, LocalStack, StackError
+
+BEGIN_MARKER = "<!-- cpu-budget:begin -->"
+END_MARKER = "<!-- cpu-budget:end -->"
+PROCESSES = ("load generator", "gateway", "model server")
+
+
+def cpu_seconds(process_id: int, with_descendants: bool) -> float:
+    """User + system CPU seconds of a process, and of its descendants if asked (0 when it is gone)."""
+    try:
+        root = psutil.Process(process_id)
+        processes = [root, *root.children(recursive=True)] if with_descendants else [root]
+        return sum(process.cpu_times().user + process.cpu_times().system for process in processes)
+    except psutil.Error:
+        return 0.0
+
+
+def cpu_readings(stack: LocalStack) -> dict[str, float]:
+    """CPU seconds so far of the load generator (this process alone: the servers are its children),
+    the gateway and the model server (each with any process it started)."""
+    process_ids = stack.process_ids()
+    return {
+        "load generator": cpu_seconds(os.getpid(), with_descendants=False),
+        "gateway": cpu_seconds(process_ids["gateway"], with_descendants=True),
+        "model server": cpu_seconds(process_ids["model server"], with_descendants=True),
+    }
+
+
+def resized_uploads(samples: list[UploadSample]) -> list[MultipartUpload]:
+    """The same images as 224x224 PNG files: the model input itself, losslessly encoded."""
+    uploads = []
+    for sample in samples:
+        pixels = resize_to_model_input(open_image(sample.data))
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG")
+        resized = UploadSample(
+            filename=Path(sample.filename).stem + "-224.png",
+            label=sample.label,
+            data=buffer.getvalue(),
+            content_type="image/png",
+        )
+        uploads.append(multipart_upload(resized))
+    return uploads
+
+
+@dataclass
+class BudgetStep:
+    """One closed-loop step on the stack, with every process's CPU per completed request."""
+
+    uploads: str
+    completed: int
+    failed: int
+    seconds: float
+    p95_ms: float
+    cpu_ms_per_request: dict[str, float]
+    other_ms_per_request: float
+    idle_ms_per_request: float  # capacity (cores x step) minus all of the above, per request
+    capacity_ms_per_request: float
+    breakdown: dict[str, Any] | None
+
+    @property
+    def throughput(self) -> float:
+        return self.completed / self.seconds
+
+    @property
+    def total_ms_per_request(self) -> float:
+        return sum(self.cpu_ms_per_request.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "uploads": self.uploads,
+            "completed": self.completed,
+            "failed": self.failed,
+            "seconds": self.seconds,
+            "throughput": round(self.throughput, 2),
+            "p95_ms": round(self.p95_ms, 1),
+            "cpu_ms_per_request": {name: round(value, 2) for name, value in self.cpu_ms_per_request.items()},
+            "total_ms_per_request": round(self.total_ms_per_request, 2),
+            "other_ms_per_request": round(self.other_ms_per_request, 2),
+            "idle_ms_per_request": round(self.idle_ms_per_request, 2),
+            "capacity_ms_per_request": round(self.capacity_ms_per_request, 2),
+            "breakdown": self.breakdown,
+        }
+
+
+def budget_step(
+    stack: LocalStack, uploads: list[MultipartUpload], name: str, concurrency: int, seconds: float
+) -> BudgetStep:
+    generator.closed_loop(stack.gateway_url, uploads, 2, 5.0, seed=1)  # warm-up, discarded
+    metrics_before = (
+        stages.scrape(f"{stack.gateway_url}/metrics"),
+        stages.scrape(stack.model_server_metrics_url),
+    )
+    before = cpu_readings(stack)
+    step = generator.closed_loop(stack.gateway_url, uploads, concurrency, seconds, seed=2)
+    after = cpu_readings(stack)
+    metrics_after = (
+        stages.scrape(f"{stack.gateway_url}/metrics"),
+        stages.scrape(stack.model_server_metrics_url),
+    )
+    requests = max(step.completed + step.failed, 1)
+    used = {label: 1000 * (after[label] - before[label]) / requests for label in PROCESSES}
+    other = 1000 * float(step.other_load.get("seconds", 0.0)) / requests
+    capacity = 1000 * step.seconds * (psutil.cpu_count() or 1) / requests
+    gateway_before, server_before = metrics_before
+    gateway_after, server_after = metrics_after
+    breakdown = stages.breakdown(gateway_before, gateway_after, server_before, server_after)
+    return BudgetStep(
+        uploads=name,
+        completed=step.completed,
+        failed=step.failed,
+        seconds=step.seconds,
+        p95_ms=step.p95_ms,
+        cpu_ms_per_request=used,
+        other_ms_per_request=other,
+        idle_ms_per_request=capacity - sum(used.values()) - other,
+        capacity_ms_per_request=capacity,
+        breakdown=breakdown.to_dict(),
+    )
+
+
+def measure_model(
+    model: BenchmarkModel,
+    samples: list[UploadSample],
+    uploads_directory: Path,
+    results_folder: Path,
+    concurrency: int,
+    seconds: float,
+    raw_seconds: float,
+) -> dict[str, Any]:
+    print(f"{model.description}", flush=True)
+    raw = measure_raw(
+        model,
+        BenchmarkSettings(
+            repeats=1,
+            step_seconds=seconds,
+            warmup_seconds=5.0,
+            concurrency=concurrency,
+            search_steps=0,
+            p95_target_ms=200.0,
+            raw_seconds=raw_seconds,
+            raw_batch_sizes=[1, 32],
+        ),
+        uploads_directory,
+    )
+    models, config_file = model_workspace(model, results_folder / "workspace")
+    stack = LocalStack(
+        models, config_file, results_folder / "logs" / model.key, batching_file=DEFAULT_BATCHING_FILE
+    )
+    stack.start(START_TIMEOUT_SECONDS)
+    steps = []
+    try:
+        for name, uploads in (
+            ("real uploads", [multipart_upload(sample) for sample in samples]),
+            ("the same images pre-resized to 224x224 PNG", resized_uploads(samples)),
+        ):
+            step = budget_step(stack, uploads, name, concurrency, seconds)
+            print(
+                f"  {name}: {step.throughput:.1f} req/s, "
+                + ", ".join(f"{label} {value:.1f}" for label, value in step.cpu_ms_per_request.items())
+                + f" core-ms/request, idle {step.idle_ms_per_request:.1f}",
+                flush=True,
+            )
+            steps.append(step.to_dict())
+    finally:
+        stack.stop()
+    return {
+        "model": model.key,
+        "description": model.description,
+        "variant": model.variant,
+        "raw": raw,
+        "steps": steps,
+    }
+
+
+def decode_with_draft(data: bytes) -> np.ndarray:
+    """The shared decode, except that JPEGs are decoded at 1/2, 1/4 or 1/8 scale when both sides stay
+    at least twice the model's input: the what-if of this measurement, not the project's preprocessing."""
+    image = Image.open(io.BytesIO(data))
+    if image.format == "JPEG":
+        image.draft("RGB", (2 * IMAGE_SIZE, 2 * IMAGE_SIZE))
+    image.load()
+    return resize_to_model_input(to_rgb(ImageOps.exif_transpose(image)))
+
+
+def best_of(function: Any, data: bytes, repeats: int) -> tuple[float, np.ndarray]:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        pixels = function(data)
+        times.append(time.perf_counter() - started)
+    return 1000 * statistics.median(times), pixels
+
+
+def measure_decoding(samples: list[UploadSample], repeats: int = 5) -> dict[str, Any]:
+    rows: list[dict[str, Any]] = []
+    for sample in samples:
+        full_ms, full = best_of(lambda data: resize_to_model_input(open_image(data)), sample.data, repeats)
+        draft_ms, draft = best_of(decode_with_draft, sample.data, repeats)
+        difference = np.abs(full.astype(np.int16) - draft.astype(np.int16))
+        rows.append(
+            {
+                "file": sample.filename,
+                "format": sample.format,
+                "bytes": len(sample.data),
+                "full_ms": round(full_ms, 2),
+                "draft_ms": round(draft_ms, 2),
+                "mean_abs_difference": round(float(difference.mean()), 3),
+                "max_abs_difference": int(difference.max()),
+            }
+        )
+    by_format: dict[str, dict[str, Any]] = {}
+    for image_format in sorted({row["format"] for row in rows}):
+        chosen = [row for row in rows if row["format"] == image_format]
+        by_format[image_format] = {
+            "files": len(chosen),
+            "full_ms": statistics.mean(row["full_ms"] for row in chosen),
+            "draft_ms": statistics.mean(row["draft_ms"] for row in chosen),
+            "mean_abs_difference": statistics.mean(row["mean_abs_difference"] for row in chosen),
+            "max_abs_difference": max(row["max_abs_difference"] for row in chosen),
+        }
+    return {
+        "files": rows,
+        "by_format": by_format,
+        "full_ms_mean": statistics.mean(row["full_ms"] for row in rows),
+        "draft_ms_mean": statistics.mean(row["draft_ms"] for row in rows),
+    }
+
+
+def render(results: dict[str, Any]) -> str:
+    lines = [
+        BEGIN_MARKER,
+        "",
+        f"_Generated by `python -m loadtest.cpu_budget` on {results['written_at']}, code "
+        f"`{results['code_version']}`; machine: {results['machine']['cpu']}, "
+        f"{results['machine']['logical_cpus']} logical CPUs. One run: {results['seconds']:g} s closed loop "
+        f"with {results['concurrency']} clients per row, batching `serving/batching.cpu.config`._",
+        "",
+        "Core-milliseconds of CPU per completed request (user + system time of each process, summed over "
+        "both cores, divided by the requests of the step):",
+        "",
+        "| model | uploads | req/s | load generator | gateway | model server | all three | other processes "
+        "| idle | bound on req/s: cores x 1000 ÷ all three "
+        "| model alone in process: core-ms per image at its best "
+        "batch size (at batch 1) | raw ceiling img/s | stack ÷ ceiling | model's core-ms ÷ all three |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    cores = results["machine"]["logical_cpus"]
+    for entry in results["models"]:
+        raw = entry["raw"]
+        per_image = raw["batch_sizes"]
+        best = raw["best_images_per_second"]
+        # JSON keys: the batch sizes as strings.
+        model_ms = per_image[str(raw["best_batch_size"])]["cpu_milliseconds_per_image"]
+        batch1_ms = per_image["1"]["cpu_milliseconds_per_image"]
+        for step in entry["steps"]:
+            used = step["cpu_ms_per_request"]
+            total = step["total_ms_per_request"]
+            lines.append(
+                f"| {entry['description']} (`{entry['variant']}`) | {step['uploads']} "
+                f"| {step['throughput']:.1f} "
+                f"| {used['load generator']:.1f} | {used['gateway']:.1f} | {used['model server']:.1f} "
+                f"| {total:.1f} | {step['other_ms_per_request']:.1f} | {step['idle_ms_per_request']:.1f} "
+                f"| {cores * 1000 / total:.1f} | {model_ms:.1f} ({batch1_ms:.1f}) | {best:.1f} "
+                f"| {step['throughput'] / best:.2f} | {model_ms / total:.2f} |"
+            )
+    decoding = results["decoding"]
+    lines += [
+        "",
+        "The shared decode-and-resize of the real uploads, one thread in process (median of 5 per file), "
+        "and what JPEG DCT-domain downscaling (`Image.draft`, both sides kept ≥ 448 px) would change "
+        "(a what-if: not used, it changes the preprocessing the model was trained with):",
+        "",
+        "| format | files | decode + resize ms (as served) | with JPEG draft | mean abs pixel difference "
+        "| max abs difference |",
+        "|---|---|---|---|---|---|",
+    ]
+    for image_format, row in decoding["by_format"].items():
+        lines.append(
+            f"| {image_format} | {row['files']} | {row['full_ms']:.1f} | {row['draft_ms']:.1f} "
+            f"| {row['mean_abs_difference']:.2f} | {row['max_abs_difference']} |"
+        )
+    lines += [
+        f"| all | {len(decoding['files'])} | {decoding['full_ms_mean']:.1f} "
+        f"| {decoding['draft_ms_mean']:.1f} | | |",
+        "",
+        f"Raw numbers: `{results['results_folder']}/cpu_budget.json` (not committed).",
+        "",
+        END_MARKER,
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest.cpu_budget", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--models", nargs="+", choices=("resnet50", "starter"), default=["resnet50", "starter"]
+    )
+    parser.add_argument("--resnet50-variant", default="folded")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--raw-seconds", type=float, default=6.0, help="per batch size, in process")
+    parser.add_argument("--results-dir", type=Path, default=REPO_ROOT / "results" / "cpu_budget")
+    parser.add_argument("--models-dir", type=Path, default=REPO_ROOT / "models")
+    parser.add_argument("--uploads", type=Path, default=UPLOADS_DIRECTORY)
+    parser.add_argument("--work-dir", type=Path, default=REPO_ROOT / "results" / "benchmark")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    arguments = parser.parse_args(argv)
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    results_folder = arguments.results_dir / stamp
+    results_folder.mkdir(parents=True, exist_ok=True)
+    samples = load_uploads(arguments.uploads)
+    try:
+        measured = []
+        for key in arguments.models:
+            model = (
+                prepare_resnet50(
+                    arguments.work_dir, arguments.resnet50_variant, results_folder / "prepare.log"
+                )
+                if key == "resnet50"
+                else find_starter(arguments.models_dir, require_keras_model=False)
+            )
+            measured.append(
+                measure_model(
+                    model,
+                    samples,
+                    arguments.uploads,
+                    results_folder,
+                    arguments.concurrency,
+                    arguments.seconds,
+                    arguments.raw_seconds,
+                )
+            )
+    except (BenchmarkModelError, BenchmarkError, StackError) as error:
+        print(f"cpu_budget: {error}", file=sys.stderr)
+        return 1
+    except run_local.StopRequestedError as stop:
+        print(f"cpu_budget: {stop.args[0]}: stopped (its servers are stopped too)", file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(results_folder / "workspace", ignore_errors=True)
+    print("decoding the uploads in process ...", flush=True)
+    results = {
+        "models": measured,
+        "decoding": measure_decoding(samples),
+        "seconds": arguments.seconds,
+        "concurrency": arguments.concurrency,
+        "machine": machine_description(),
+        "code_version": code_version(),
+        "written_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "results_folder": display_path(results_folder),
+    }
+    (results_folder / "cpu_budget.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    section = render(results)
+    write_into(arguments.output, section, BEGIN_MARKER, END_MARKER)
+    print(section)
+    return 0
+
+
+if __name__ == "__main__":
+    # SIGTERM unwinds like Ctrl-C, so the servers this run started are stopped on the way out.
+    signal.signal(signal.SIGTERM, run_local.raise_stop)
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""The CPU budget runs end to end on a tiny model and writes its section into a markdown file.
+
+The numbers of this run mean nothing (a tiny model, seconds per step, busy CI cores); what is
+checked is that every process's CPU is measured and accounted, and the report is written.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from common.preprocessing import decode_and_resize
+from loadtest import cpu_budget
+from loadtest.samples import load_uploads
+from tests.serving.local_server_support import build_tiny_saved_model
+
+
+def test_pre_resized_uploads_carry_exactly_the_model_input(uploads_dir: Path) -> None:
+    samples = load_uploads(uploads_dir)[:6]
+    for sample, upload in zip(samples, cpu_budget.resized_uploads(samples), strict=True):
+        png = upload.sample.data
+        assert upload.sample.content_type == "image/png" and png in upload.body
+        assert Image.open(io.BytesIO(png)).size == (224, 224)
+        assert np.array_equal(decode_and_resize(png), decode_and_resize(sample.data))
+
+
+def test_draft_decoding_is_measured_against_the_shared_decode(uploads_dir: Path) -> None:
+    samples = [sample for sample in load_uploads(uploads_dir) if sample.format in ("JPEG", "PNG")][:4]
+    decoding = cpu_budget.measure_decoding(samples, repeats=1)
+    assert {row["file"] for row in decoding["files"]} == {sample.filename for sample in samples}
+    for row in decoding["files"]:
+        assert row["full_ms"] > 0 and row["draft_ms"] > 0
+        if row["format"] == "PNG":  # draft only changes JPEG decoding
+            assert row["max_abs_difference"] == 0
+
+
+@pytest.mark.integration
+@pytest.mark.model
+@pytest.mark.slow
+def test_cpu_budget_accounts_every_process_and_writes_its_section(uploads_dir: Path, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    build_tiny_saved_model(models / "ai_detector" / "1", bias=0.0)
+    document = tmp_path / "performance.md"
+    document.write_text(
+        "# Performance\n\nprose before\n\n"
+        f"{cpu_budget.BEGIN_MARKER}\nold\n{cpu_budget.END_MARKER}\n\nprose after\n"
+    )
+    exit_code = cpu_budget.main(
+        [
+            "--models=starter",
+            f"--models-dir={models}",
+            f"--uploads={uploads_dir}",
+            "--seconds=2",
+            "--concurrency=4",
+            "--raw-seconds=0.3",
+            f"--results-dir={tmp_path / 'results'}",
+            f"--output={document}",
+        ]
+    )
+    assert exit_code == 0
+    text = document.read_text()
+    assert text.startswith("# Performance\n\nprose before\n") and text.endswith("\n\nprose after\n")
+    assert "\nold\n" not in text and "pre-resized to 224x224 PNG" in text
+
+    (results_file,) = (tmp_path / "results").glob("*/cpu_budget.json")
+    results = json.loads(results_file.read_text())
+    (entry,) = results["models"]
+    assert entry["raw"]["batch_sizes"]["1"]["cpu_milliseconds_per_image"] > 0
+    assert [step["uploads"] for step in entry["steps"]] == [
+        "real uploads",
+        "the same images pre-resized to 224x224 PNG",
+    ]
+    for step in entry["steps"]:
+        assert step["completed"] > 0 and step["failed"] == 0
+        # Each of the three processes did measurable work for the requests.
+        assert all(value > 0 for value in step["cpu_ms_per_request"].values()), step
+        # Nothing is counted twice: the processes together used no more than the cores had.
+        assert step["idle_ms_per_request"] > -0.05 * step["capacity_ms_per_request"], step
+    # Each process is measured under its own name: decoding full-size uploads makes the gateway the
+    # busier server with the tiny model, and costs it more than decoding 224x224 PNGs.
+    real, resized = entry["steps"]
+    assert real["cpu_ms_per_request"]["gateway"] > real["cpu_ms_per_request"]["model server"]
+    assert real["cpu_ms_per_request"]["gateway"] > resized["cpu_ms_per_request"]["gateway"]
