@@ -56,6 +56,7 @@ def test_cpu_budget_accounts_every_process_and_writes_its_section(uploads_dir: P
             f"--models-dir={models}",
             f"--uploads={uploads_dir}",
             "--seconds=2",
+            "--repeats=1",
             "--concurrency=4",
             "--raw-seconds=0.3",
             f"--results-dir={tmp_path / 'results'}",
@@ -69,7 +70,8 @@ def test_cpu_budget_accounts_every_process_and_writes_its_section(uploads_dir: P
 
     (results_file,) = (tmp_path / "results").glob("*/cpu_budget.json")
     results = json.loads(results_file.read_text())
-    (entry,) = results["models"]
+    (model,) = results["models"]
+    (entry,) = model["repeats"]
     assert entry["raw"]["batch_sizes"]["1"]["cpu_milliseconds_per_image"] > 0
     assert [step["uploads"] for step in entry["steps"]] == [
         "real uploads",
