@@ -319,8 +319,12 @@ def measure_system(
 
 
 def measure_raw(
-    model: BenchmarkModel, settings: BenchmarkSettings, uploads_directory: Path
+    model: BenchmarkModel,
+    settings: BenchmarkSettings,
+    uploads_directory: Path,
+    cpus: frozenset[int] | None = None,
 ) -> dict[str, Any]:
+    """The raw ceiling in a child process (on the CPUs `cpus` only, when given)."""
     command = [
         sys.executable,
         "-m",
@@ -337,6 +341,7 @@ def measure_raw(
         capture_output=True,
         text=True,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        preexec_fn=partial(os.sched_setaffinity, 0, cpus) if cpus else None,
     )
     if completed.returncode != 0:
         raise BenchmarkError(f"raw measurement failed:\n{completed.stderr[-3000:]}")

@@ -15,10 +15,13 @@ Each repeat measures, in this order:
 2. the stack on the real uploads, one image per request,
 3. the stack on the same images pre-resized to 224x224 PNG (decoding almost free): what the
    serving path costs when the upload's decode is taken out;
+4. the other topology, one core each: the raw model pinned to CPU 0, then a fresh stack with the
+   model server alone on CPU 0 and the gateway and the load generator on CPU 1 (real uploads), as
+   in production where the gateway runs on other machines than the model server;
 
 and once at the end:
 
-4. the shared decode-and-resize on each real upload in this process (one thread), and what
+5. the shared decode-and-resize on each real upload in this process (one thread), and what
    JPEG DCT-domain downscaling (Pillow's `draft`) would save: measured, not used (it would change
    the preprocessing the starter model was trained with, ARCHITECTURE.md contract 1).
 
@@ -29,6 +32,7 @@ of docs/performance.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import io
 import json
@@ -38,6 +42,7 @@ import signal
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +74,19 @@ from loadtest.stack import DEFAULT_BATCHING_FILE, LocalStack, StackError
 BEGIN_MARKER = "<!-- cpu-budget:begin -->"
 END_MARKER = "<!-- cpu-budget:end -->"
 PROCESSES = ("load generator", "gateway", "model server")
+MODEL_CPU, FRONT_CPU = 0, 1  # the one-core-each topology
+PINNED_UPLOADS = "real uploads; model server alone on CPU 0, gateway + load generator on CPU 1"
+
+
+@contextlib.contextmanager
+def this_thread_on(cpus: frozenset[int]) -> Iterator[None]:
+    """Run the calling thread (and the threads it starts meanwhile) on `cpus` only."""
+    previous = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, previous)
 
 
 def cpu_seconds(process_id: int, with_descendants: bool) -> float:
@@ -123,6 +141,7 @@ class BudgetStep:
     idle_ms_per_request: float  # capacity (cores x step) minus all of the above, per request
     capacity_ms_per_request: float
     breakdown: dict[str, Any] | None
+    cpu_affinity: dict[str, list[int]]
 
     @property
     def throughput(self) -> float:
@@ -146,7 +165,22 @@ class BudgetStep:
             "idle_ms_per_request": round(self.idle_ms_per_request, 2),
             "capacity_ms_per_request": round(self.capacity_ms_per_request, 2),
             "breakdown": self.breakdown,
+            "cpu_affinity": self.cpu_affinity,
+            "pinned": self.uploads == PINNED_UPLOADS,
         }
+
+
+def cpu_affinities(stack: LocalStack) -> dict[str, list[int]]:
+    process_ids = {"load generator": os.getpid(), **stack.process_ids()}
+    affinities = {}
+    for name, process_id in process_ids.items():
+        try:
+            affinities[name] = sorted(psutil.Process(process_id).cpu_affinity() or [])
+        except psutil.Error:
+            affinities[name] = []
+    if "load generator" in affinities:  # this thread's, not the process's first thread's
+        affinities["load generator"] = sorted(os.sched_getaffinity(0))
+    return affinities
 
 
 def budget_step(
@@ -182,6 +216,16 @@ def budget_step(
         idle_ms_per_request=capacity - sum(used.values()) - other,
         capacity_ms_per_request=capacity,
         breakdown=breakdown.to_dict(),
+        cpu_affinity=cpu_affinities(stack),
+    )
+
+
+def report(step: BudgetStep) -> None:
+    print(
+        f"  {step.uploads}: {step.throughput:.1f} req/s, "
+        + ", ".join(f"{label} {value:.1f}" for label, value in step.cpu_ms_per_request.items())
+        + f" core-ms/request, idle {step.idle_ms_per_request:.1f}",
+        flush=True,
     )
 
 
@@ -194,21 +238,19 @@ def measure_once(
     seconds: float,
     raw_seconds: float,
 ) -> dict[str, Any]:
-    """The raw model, then a fresh stack on both kinds of uploads."""
-    raw = measure_raw(
-        model,
-        BenchmarkSettings(
-            repeats=1,
-            step_seconds=seconds,
-            warmup_seconds=5.0,
-            concurrency=concurrency,
-            search_steps=0,
-            p95_target_ms=200.0,
-            raw_seconds=raw_seconds,
-            raw_batch_sizes=[1, 32],
-        ),
-        uploads_directory,
+    """The raw model, a fresh stack on both kinds of uploads; then both again, one core each."""
+    raw_settings = BenchmarkSettings(
+        repeats=1,
+        step_seconds=seconds,
+        warmup_seconds=5.0,
+        concurrency=concurrency,
+        search_steps=0,
+        p95_target_ms=200.0,
+        raw_seconds=raw_seconds,
+        raw_batch_sizes=[1, 32],
     )
+    raw = measure_raw(model, raw_settings, uploads_directory)
+    real_uploads = [multipart_upload(sample) for sample in samples]
     models, config_file = model_workspace(model, results_folder / "workspace")
     stack = LocalStack(
         models, config_file, results_folder / "logs" / model.key, batching_file=DEFAULT_BATCHING_FILE
@@ -217,20 +259,34 @@ def measure_once(
     steps = []
     try:
         for name, uploads in (
-            ("real uploads", [multipart_upload(sample) for sample in samples]),
+            ("real uploads", real_uploads),
             ("the same images pre-resized to 224x224 PNG", resized_uploads(samples)),
         ):
             step = budget_step(stack, uploads, name, concurrency, seconds)
-            print(
-                f"  {name}: {step.throughput:.1f} req/s, "
-                + ", ".join(f"{label} {value:.1f}" for label, value in step.cpu_ms_per_request.items())
-                + f" core-ms/request, idle {step.idle_ms_per_request:.1f}",
-                flush=True,
-            )
+            report(step)
             steps.append(step.to_dict())
     finally:
         stack.stop()
-    return {"raw": raw, "steps": steps}
+    result: dict[str, Any] = {"raw": raw, "steps": steps}
+    if (psutil.cpu_count() or 1) < 2:
+        return result
+    result["raw_pinned"] = measure_raw(model, raw_settings, uploads_directory, cpus=frozenset({MODEL_CPU}))
+    stack = LocalStack(
+        models,
+        config_file,
+        results_folder / "logs" / f"{model.key}-pinned",
+        batching_file=DEFAULT_BATCHING_FILE,
+        cpu_affinity={"model server": frozenset({MODEL_CPU}), "gateway": frozenset({FRONT_CPU})},
+    )
+    stack.start(START_TIMEOUT_SECONDS)
+    try:
+        with this_thread_on(frozenset({FRONT_CPU})):
+            step = budget_step(stack, real_uploads, PINNED_UPLOADS, concurrency, seconds)
+        report(step)
+        steps.append(step.to_dict())
+    finally:
+        stack.stop()
+    return result
 
 
 def measure_model(
@@ -316,13 +372,24 @@ def measure_decoding(samples: list[UploadSample], repeats: int = 5) -> dict[str,
     }
 
 
-def table_row(raw: dict[str, Any], step: dict[str, Any], cores: int) -> dict[str, float]:
-    """The figures of one repeat's row; the table quotes their medians."""
+def table_row(repeat: dict[str, Any], step: dict[str, Any], cores: int) -> dict[str, float]:
+    """The figures of one repeat's row; the table quotes their medians.
+
+    Sharing the cores, the CPU bound on requests/s is cores x 1000 / (all three processes' core-ms)
+    and the predicted stack ÷ ceiling is the model's core-ms ÷ all three. One core each, it is
+    1000 / the busier core's core-ms, against the raw model on one core."""
+    pinned = bool(step.get("pinned"))
+    raw = repeat["raw_pinned"] if pinned else repeat["raw"]
     per_image = raw["batch_sizes"]  # JSON keys: the batch sizes as strings
     model_ms = float(per_image[str(raw["best_batch_size"])]["cpu_milliseconds_per_image"])
     ceiling = float(raw["best_images_per_second"])
     used = step["cpu_ms_per_request"]
     total = float(step["total_ms_per_request"])
+    busiest = (
+        max(float(used["model server"]), float(used["gateway"]) + float(used["load generator"]))
+        if pinned
+        else total
+    )
     return {
         "throughput": float(step["throughput"]),
         "load generator": float(used["load generator"]),
@@ -331,12 +398,12 @@ def table_row(raw: dict[str, Any], step: dict[str, Any], cores: int) -> dict[str
         "total": total,
         "other": float(step["other_ms_per_request"]),
         "idle": float(step["idle_ms_per_request"]),
-        "bound": cores * 1000 / total,
+        "bound": (1 if pinned else cores) * 1000 / busiest,
         "model_ms": model_ms,
         "batch1_ms": float(per_image["1"]["cpu_milliseconds_per_image"]),
         "ceiling": ceiling,
         "ratio": float(step["throughput"]) / ceiling,
-        "share": model_ms / total,
+        "share": model_ms / busiest,
     }
 
 
@@ -354,15 +421,16 @@ def render(results: dict[str, Any]) -> str:
         "both cores, divided by the requests of the step):",
         "",
         "| model | uploads | req/s | load generator | gateway | model server | all three | other processes "
-        "| idle | bound on req/s: cores x 1000 ÷ all three "
+        "| idle | CPU bound on req/s "
         "| model alone in process: core-ms per image at its best "
-        "batch size (at batch 1) | raw ceiling img/s | stack ÷ ceiling | model's core-ms ÷ all three |",
+        "batch size (at batch 1) | raw ceiling img/s | stack ÷ ceiling "
+        "| the CPU accounting's prediction of it |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     cores = results["machine"]["logical_cpus"]
     for entry in results["models"]:
         for index, uploads in enumerate(entry["repeats"][0]["steps"]):
-            rows = [table_row(repeat["raw"], repeat["steps"][index], cores) for repeat in entry["repeats"]]
+            rows = [table_row(repeat, repeat["steps"][index], cores) for repeat in entry["repeats"]]
 
             def median(key: str, rows: list[dict[str, float]] = rows) -> float:
                 return statistics.median(row[key] for row in rows)
@@ -386,6 +454,12 @@ def render(results: dict[str, Any]) -> str:
             )
     decoding = results["decoding"]
     lines += [
+        "",
+        "Sharing both cores, the CPU bound is cores x 1000 ÷ all three processes' core-ms per request and "
+        "the predicted stack ÷ ceiling is the model's core-ms ÷ all three. In the one-core-each rows the raw "
+        "model ran pinned to CPU 0 (its ceiling and core-ms are that run's); the bound is 1000 ÷ the busier "
+        "core's core-ms per request (model server, or gateway + load generator) and the prediction the "
+        "model's core-ms ÷ that.",
         "",
         "The shared decode-and-resize of the real uploads, one thread in process (median of 5 per file), "
         "and what JPEG DCT-domain downscaling (`Image.draft`, both sides kept ≥ 448 px) would change "

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 
@@ -60,6 +61,8 @@ class LocalStack:
     batching_file: Path | None = DEFAULT_BATCHING_FILE
     extra_server_flags: list[str] = field(default_factory=list)
     gateway_settings: dict[str, str] = field(default_factory=dict)
+    # Process name ("model server", "gateway") -> the CPUs it may run on (all of them when absent).
+    cpu_affinity: dict[str, frozenset[int]] = field(default_factory=dict)
     grpc_port: int = field(default_factory=free_port)
     rest_port: int = field(default_factory=free_port)
     gateway_port: int = field(default_factory=free_port)
@@ -124,6 +127,11 @@ class LocalStack:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
+                    preexec_fn=(
+                        partial(os.sched_setaffinity, 0, self.cpu_affinity[name])
+                        if name in self.cpu_affinity
+                        else None
+                    ),
                 )
         deadline = time.monotonic() + ready_timeout_seconds
         while not run_local.is_ready(f"{self.gateway_url}/ready"):

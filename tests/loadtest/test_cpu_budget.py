@@ -76,7 +76,12 @@ def test_cpu_budget_accounts_every_process_and_writes_its_section(uploads_dir: P
     assert [step["uploads"] for step in entry["steps"]] == [
         "real uploads",
         "the same images pre-resized to 224x224 PNG",
+        cpu_budget.PINNED_UPLOADS,
     ]
+    # The one-core-each topology really ran so: the model server on CPU 0, the rest on CPU 1.
+    assert entry["raw_pinned"]["best_images_per_second"] > 0
+    assert entry["steps"][2]["cpu_affinity"] == {"load generator": [1], "model server": [0], "gateway": [1]}
+    assert entry["steps"][0]["cpu_affinity"]["model server"] == [0, 1]
     for step in entry["steps"]:
         assert step["completed"] > 0 and step["failed"] == 0
         # Each of the three processes did measurable work for the requests.
@@ -85,6 +90,6 @@ def test_cpu_budget_accounts_every_process_and_writes_its_section(uploads_dir: P
         assert step["idle_ms_per_request"] > -0.05 * step["capacity_ms_per_request"], step
     # Each process is measured under its own name: decoding full-size uploads makes the gateway the
     # busier server with the tiny model, and costs it more than decoding 224x224 PNGs.
-    real, resized = entry["steps"]
+    real, resized, _ = entry["steps"]
     assert real["cpu_ms_per_request"]["gateway"] > real["cpu_ms_per_request"]["model server"]
     assert real["cpu_ms_per_request"]["gateway"] > resized["cpu_ms_per_request"]["gateway"]
