@@ -17,8 +17,14 @@ from fastapi.testclient import TestClient
 from gateway.main import create_app
 from gateway.settings import Settings
 from tests.gateway import images
-from tests.gateway.conftest import LiveStack
-from tests.gateway.processes import answers, wait_until
+from tests.gateway.conftest import LiveStack, TinyModelRepository
+from tests.gateway.processes import (
+    START_TIMEOUT_SECONDS,
+    answers,
+    free_port,
+    model_server_process,
+    wait_until,
+)
 from tests.gateway.tiny_model_score import expected_score
 
 pytestmark = pytest.mark.integration
@@ -100,12 +106,41 @@ def test_each_error_status_from_a_real_bad_input(live_stack: LiveStack, uploads_
     assert_error(response, 404)
 
 
-def test_deadline_exceeded_is_504(live_stack: LiveStack, uploads_dir: Path) -> None:
-    # An in-process gateway whose deadline no call can meet, against the real model server.
-    settings = Settings(model_server_address=live_stack.model_server_address, request_timeout_seconds=1e-4)
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        data = (uploads_dir / "real_03.jpeg").read_bytes()
-        response = client.post("/predict", files={"file": ("r.jpeg", data, "image/jpeg")})
+def test_deadline_exceeded_is_504(
+    tiny_model_repository: TinyModelRepository, uploads_dir: Path, tmp_path: Path
+) -> None:
+    # A real model server that holds a lone Predict for 5 s (it waits out the batch timeout for
+    # company) and an in-process gateway with a 0.5 s deadline: the deadline passes for certain.
+    # (A deadline of microseconds against a fast server is a race: on a starved CPU the answer can
+    # arrive before the client's deadline timer fires, and a CI run once saw 200.)
+    batching = tmp_path / "batching.config"
+    batching.write_text(
+        "max_batch_size { value: 16 }\nbatch_timeout_micros { value: 5000000 }\n"
+        "num_batch_threads { value: 1 }\nmax_enqueued_batches { value: 4 }\n"
+    )
+    grpc_port, rest_port = free_port(), free_port()
+    server = model_server_process(
+        tiny_model_repository.config_file,
+        tiny_model_repository.models,
+        grpc_port,
+        rest_port,
+        tmp_path / "model_server.log",
+        extra_flags=["--enable_batching", f"--batching_parameters_file={batching}"],
+    )
+    settings = Settings(model_server_address=f"127.0.0.1:{grpc_port}", request_timeout_seconds=0.5)
+    server.start()
+    try:
+        with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+            wait_until(
+                lambda: client.get("/ready").status_code == 200,
+                START_TIMEOUT_SECONDS,
+                "slow model server ready",
+                server.log_path,
+            )
+            data = (uploads_dir / "real_03.jpeg").read_bytes()
+            response = client.post("/predict", files={"file": ("r.jpeg", data, "image/jpeg")})
+    finally:
+        server.stop()
     assert_error(response, 504)
 
 
