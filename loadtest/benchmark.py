@@ -146,6 +146,11 @@ def start_stack(
     models, config_file = model_workspace(model, workspace)
     stack = LocalStack(models, config_file, log_directory, batching_file=spec.batching_file)
     stack.start(START_TIMEOUT_SECONDS)
+    return stack_system(stack)
+
+
+def stack_system(stack: LocalStack) -> RunningSystem:
+    """A started stack as a system under test, with both services' metrics to scrape."""
     return RunningSystem(
         url=stack.gateway_url,
         stop=stack.stop,
@@ -320,7 +325,8 @@ def measure_system(
 
 def measure_raw(
     model: BenchmarkModel,
-    settings: BenchmarkSettings,
+    seconds: float,
+    batch_sizes: Sequence[int],
     uploads_directory: Path,
     cpus: frozenset[int] | None = None,
 ) -> dict[str, Any]:
@@ -330,10 +336,10 @@ def measure_raw(
         "-m",
         "loadtest.raw_model",
         str(model.version_dir),
-        f"--seconds={settings.raw_seconds}",
+        f"--seconds={seconds}",
         f"--uploads={uploads_directory}",
         "--batch-sizes",
-        *(str(size) for size in settings.raw_batch_sizes),
+        *(str(size) for size in batch_sizes),
     ]
     completed = subprocess.run(
         command,
@@ -378,7 +384,13 @@ def run_benchmark(
             for model in models:
                 print(f"repeat {repeat + 1}/{settings.repeats}, {model.description}", flush=True)
                 raw.append(
-                    {"model": model.key, "repeat": repeat, **measure_raw(model, settings, uploads_directory)}
+                    {
+                        "model": model.key,
+                        "repeat": repeat,
+                        **measure_raw(
+                            model, settings.raw_seconds, settings.raw_batch_sizes, uploads_directory
+                        ),
+                    }
                 )
                 for spec in rotated(specs, repeat):
                     print(f"  {spec.description}", flush=True)

@@ -51,7 +51,7 @@ import numpy as np
 import psutil
 from PIL import Image, ImageOps
 
-from common.preprocessing import IMAGE_SIZE, open_image, resize_to_model_input, to_rgb
+from common.preprocessing import IMAGE_SIZE, decode_and_resize, resize_to_model_input, to_rgb
 from gateway import run_local
 from loadtest import generator, stages
 from loadtest.benchmark import (
@@ -59,10 +59,10 @@ from loadtest.benchmark import (
     REPO_ROOT,
     START_TIMEOUT_SECONDS,
     BenchmarkError,
-    BenchmarkSettings,
     display_path,
     measure_raw,
     model_workspace,
+    stack_system,
     write_into,
 )
 from loadtest.benchmark_models import BenchmarkModel, BenchmarkModelError, find_starter, prepare_resnet50
@@ -74,6 +74,7 @@ from loadtest.stack import DEFAULT_BATCHING_FILE, LocalStack, StackError
 BEGIN_MARKER = "<!-- cpu-budget:begin -->"
 END_MARKER = "<!-- cpu-budget:end -->"
 PROCESSES = ("load generator", "gateway", "model server")
+RAW_BATCH_SIZES = (1, 32)  # batch 1, and the best batch size of the benchmark's raw tables
 MODEL_CPU, FRONT_CPU = 0, 1  # the one-core-each topology
 PINNED_UPLOADS = "real uploads; model server alone on CPU 0, gateway + load generator on CPU 1"
 
@@ -94,7 +95,7 @@ def cpu_seconds(process_id: int, with_descendants: bool) -> float:
     try:
         root = psutil.Process(process_id)
         processes = [root, *root.children(recursive=True)] if with_descendants else [root]
-        return sum(process.cpu_times().user + process.cpu_times().system for process in processes)
+        return sum(sum(process.cpu_times()[:2]) for process in processes)  # user + system
     except psutil.Error:
         return 0.0
 
@@ -114,7 +115,7 @@ def resized_uploads(samples: list[UploadSample]) -> list[MultipartUpload]:
     """The same images as 224x224 PNG files: the model input itself, losslessly encoded."""
     uploads = []
     for sample in samples:
-        pixels = resize_to_model_input(open_image(sample.data))
+        pixels = decode_and_resize(sample.data)
         buffer = io.BytesIO()
         Image.fromarray(pixels).save(buffer, format="PNG")
         resized = UploadSample(
@@ -171,15 +172,13 @@ class BudgetStep:
 
 
 def cpu_affinities(stack: LocalStack) -> dict[str, list[int]]:
-    process_ids = {"load generator": os.getpid(), **stack.process_ids()}
-    affinities = {}
-    for name, process_id in process_ids.items():
+    """The CPUs each process may run on; the load generator's are this thread's."""
+    affinities = {"load generator": sorted(os.sched_getaffinity(0))}
+    for name, process_id in stack.process_ids().items():
         try:
             affinities[name] = sorted(psutil.Process(process_id).cpu_affinity() or [])
         except psutil.Error:
             affinities[name] = []
-    if "load generator" in affinities:  # this thread's, not the process's first thread's
-        affinities["load generator"] = sorted(os.sched_getaffinity(0))
     return affinities
 
 
@@ -187,24 +186,18 @@ def budget_step(
     stack: LocalStack, uploads: list[MultipartUpload], name: str, concurrency: int, seconds: float
 ) -> BudgetStep:
     generator.closed_loop(stack.gateway_url, uploads, 2, 5.0, seed=1)  # warm-up, discarded
-    metrics_before = (
-        stages.scrape(f"{stack.gateway_url}/metrics"),
-        stages.scrape(stack.model_server_metrics_url),
-    )
+    system = stack_system(stack)
+    metrics_before = system.snapshot()
     before = cpu_readings(stack)
     step = generator.closed_loop(stack.gateway_url, uploads, concurrency, seconds, seed=2)
     after = cpu_readings(stack)
-    metrics_after = (
-        stages.scrape(f"{stack.gateway_url}/metrics"),
-        stages.scrape(stack.model_server_metrics_url),
-    )
+    metrics_after = system.snapshot()
+    assert metrics_before is not None and metrics_after is not None  # a stack has both metrics URLs
     requests = max(step.completed + step.failed, 1)
     used = {label: 1000 * (after[label] - before[label]) / requests for label in PROCESSES}
     other = 1000 * float(step.other_load.get("seconds", 0.0)) / requests
     capacity = 1000 * step.seconds * (psutil.cpu_count() or 1) / requests
-    gateway_before, server_before = metrics_before
-    gateway_after, server_after = metrics_after
-    breakdown = stages.breakdown(gateway_before, gateway_after, server_before, server_after)
+    breakdown = stages.breakdown(metrics_before[0], metrics_after[0], metrics_before[1], metrics_after[1])
     return BudgetStep(
         uploads=name,
         completed=step.completed,
@@ -239,17 +232,7 @@ def measure_once(
     raw_seconds: float,
 ) -> dict[str, Any]:
     """The raw model, a fresh stack on both kinds of uploads; then both again, one core each."""
-    raw_settings = BenchmarkSettings(
-        repeats=1,
-        step_seconds=seconds,
-        warmup_seconds=5.0,
-        concurrency=concurrency,
-        search_steps=0,
-        p95_target_ms=200.0,
-        raw_seconds=raw_seconds,
-        raw_batch_sizes=[1, 32],
-    )
-    raw = measure_raw(model, raw_settings, uploads_directory)
+    raw = measure_raw(model, raw_seconds, RAW_BATCH_SIZES, uploads_directory)
     real_uploads = [multipart_upload(sample) for sample in samples]
     models, config_file = model_workspace(model, results_folder / "workspace")
     stack = LocalStack(
@@ -270,7 +253,9 @@ def measure_once(
     result: dict[str, Any] = {"raw": raw, "steps": steps}
     if (psutil.cpu_count() or 1) < 2:
         return result
-    result["raw_pinned"] = measure_raw(model, raw_settings, uploads_directory, cpus=frozenset({MODEL_CPU}))
+    result["raw_pinned"] = measure_raw(
+        model, raw_seconds, RAW_BATCH_SIZES, uploads_directory, cpus=frozenset({MODEL_CPU})
+    )
     stack = LocalStack(
         models,
         config_file,
@@ -340,7 +325,7 @@ def best_of(function: Any, data: bytes, repeats: int) -> tuple[float, np.ndarray
 def measure_decoding(samples: list[UploadSample], repeats: int = 5) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     for sample in samples:
-        full_ms, full = best_of(lambda data: resize_to_model_input(open_image(data)), sample.data, repeats)
+        full_ms, full = best_of(decode_and_resize, sample.data, repeats)
         draft_ms, draft = best_of(decode_with_draft, sample.data, repeats)
         difference = np.abs(full.astype(np.int16) - draft.astype(np.int16))
         rows.append(
