@@ -40,7 +40,7 @@ from tests.gateway.tiny_model_score import expected_score
 from tests.reliability.conftest import FuzzSettings
 from tests.reliability.corpus import bomb_files
 from tests.reliability.stack import MEBIBYTE, MemorySampler, Stack
-from tests.serving.local_server_support import MODEL_NAME, Client
+from tests.serving.local_server_support import MODEL_NAME, Client, predict_request
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]
 
@@ -68,27 +68,6 @@ def images_tensor(count: int, value: int = 128) -> tensor_pb2.TensorProto:
 
 def strings_tensor(items: list[bytes], shape: tuple[int, ...] | None = None) -> tensor_pb2.TensorProto:
     return tensor(types_pb2.DT_STRING, shape or (len(items),), string_val=items)
-
-
-def predict_request(
-    inputs: dict[str, tensor_pb2.TensorProto],
-    signature_name: str = signatures.SERVING_SIGNATURE,
-    model_name: str = MODEL_NAME,
-    version: int | None = None,
-    label: str | None = None,
-    output_filter: tuple[str, ...] = (),
-) -> predict_pb2.PredictRequest:
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = model_name
-    request.model_spec.signature_name = signature_name
-    if version is not None:
-        request.model_spec.version.value = version
-    if label is not None:
-        request.model_spec.version_label = label
-    for alias, proto in inputs.items():
-        request.inputs[alias].CopyFrom(proto)
-    request.output_filter.extend(output_filter)
-    return request
 
 
 def code_of(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:

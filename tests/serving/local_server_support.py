@@ -24,6 +24,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from tensorflow.core.framework import tensor_pb2
 from tensorflow_serving.apis import (
     get_model_status_pb2,
     model_pb2,
@@ -110,10 +111,9 @@ def build_tiny_saved_model(
             (signatures.SERVING_SIGNATURE, signatures.IMAGE_INPUT, random_images(1)),
             (signatures.BYTES_SIGNATURE, signatures.BYTES_INPUT, np.array([png_bytes(seed=1)], dtype=object)),
         ):
-            request = predict_pb2.PredictRequest()
-            request.model_spec.name = MODEL_NAME
-            request.model_spec.signature_name = signature_name
-            request.inputs[alias].CopyFrom(ndarray_to_tensor_proto(value, as_tensor_content=True))
+            request = predict_request(
+                {alias: ndarray_to_tensor_proto(value, as_tensor_content=True)}, signature_name
+            )
             log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
             writer.write(log.SerializeToString())
     card = {"name": MODEL_NAME, "backbone": "tiny-test", "threshold": threshold, "temperature": temperature}
@@ -251,6 +251,28 @@ def eventually(condition: Callable[[], Any], what: str, server: ServerProcess | 
 # ---------------------------------------------------------------- gRPC helpers
 
 
+def predict_request(
+    inputs: dict[str, tensor_pb2.TensorProto],
+    signature_name: str = signatures.SERVING_SIGNATURE,
+    model_name: str = MODEL_NAME,
+    version: int | None = None,
+    label: str | None = None,
+    output_filter: tuple[str, ...] = (),
+) -> predict_pb2.PredictRequest:
+    """A Predict request for `inputs` (TensorProtos, sent as they are: also malformed ones)."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model_name
+    request.model_spec.signature_name = signature_name
+    if version is not None:
+        request.model_spec.version.value = version
+    if label is not None:
+        request.model_spec.version_label = label
+    for alias, proto in inputs.items():
+        request.inputs[alias].CopyFrom(proto)
+    request.output_filter.extend(output_filter)
+    return request
+
+
 class Client:
     """Stubs on one channel to the server under test, with a deadline on every call."""
 
@@ -280,18 +302,17 @@ class Client:
         as_tensor_content: bool = True,
         timeout: float = 30.0,
     ) -> tuple[predict_pb2.PredictResponse, dict[str, np.ndarray]]:
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name = model_name
-        request.model_spec.signature_name = signature_name
-        if version is not None:
-            request.model_spec.version.value = version
-        if label is not None:
-            request.model_spec.version_label = label
-        for alias, value in inputs.items():
-            request.inputs[alias].CopyFrom(
-                ndarray_to_tensor_proto(value, as_tensor_content=as_tensor_content)
-            )
-        request.output_filter.extend(output_filter)
+        request = predict_request(
+            {
+                alias: ndarray_to_tensor_proto(value, as_tensor_content=as_tensor_content)
+                for alias, value in inputs.items()
+            },
+            signature_name,
+            model_name,
+            version,
+            label,
+            output_filter,
+        )
         response = self.predictions.Predict(request, timeout=timeout)
         return response, {alias: tensor_proto_to_ndarray(proto) for alias, proto in response.outputs.items()}
 
