@@ -1,24 +1,38 @@
-"""Decode-and-resize, defined once (ARCHITECTURE.md contract 1).
+"""The canonical normalization, defined once (ARCHITECTURE.md contract 1).
 
-Training's input pipeline and the gateway both call :func:`decode_and_resize`, so the
-same file always becomes the same 224x224 uint8 RGB tensor. Numeric preprocessing
-(casting, the backbone's normalization) is not done here: it lives in the exported graph.
+Training's input pipeline, the gateway and (within a stated tolerance) the exported graph's bytes
+decoder all turn an upload into the same *canonical image*, the way the shared data set was made:
 
-Geometry: the largest centred square is cut out of the image and resized to 224x224
-with Pillow's bilinear filter (antialiased when shrinking). Cropping to a square keeps
-the aspect ratio out of the model's input, which the data README warns is a label leak.
+1. decode (JPEGs with DCT scaling, Pillow's ``draft``, to the smallest scale that still leaves
+   the longest side at least ``DRAFT_MARGIN`` times the data set's size), EXIF orientation applied;
+2. RGB, alpha composited over white, 16-bit and float data scaled to 8 bits;
+3. the longest side scaled down to at most ``DATASET_MAX_SIDE`` (384) pixels with Lanczos, as the
+   data set's images were (the data set's own files are already that size: step 3 leaves them as
+   they are);
+4. the centred ``IMAGE_SIZE`` x ``IMAGE_SIZE`` window at that resolution, no resampling; a side
+   shorter than ``IMAGE_SIZE`` is filled by mirroring the image at its edge.
+
+Step 4 gives every image one fixed shape, so TF Serving can batch requests, without a second
+resize that would blur the pixel statistics a detector of generated images relies on, and without
+the aspect ratio (a label leak, says the data README). What the network needs beyond the canonical
+image (crops, flips, scaling to its input range) lives in the exported graph.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-IMAGE_SIZE = 224
+IMAGE_SIZE = 256  # side of the canonical image the gateway sends and the model receives
+DATASET_MAX_SIDE = 384  # the shared data set's normalization: longest side scaled down to this
+# JPEG DCT scaling decodes at 1/2, 1/4 or 1/8 size for a fraction of the cost; it is used only
+# while the decoded image keeps this many times the pixels per side that the Lanczos step needs.
+DRAFT_MARGIN = 3
 DEFAULT_MAX_PIXELS = 50_000_000  # ~7000x7000; larger images are refused before full decoding
 
 # The formats we accept, keyed by Pillow's format name.
@@ -118,6 +132,8 @@ def open_image(image_bytes: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Imag
                     f"the image is {width}x{height} = {width * height:,} pixels; "
                     f"the limit is {max_pixels:,} pixels"
                 )
+            if image_format == "JPEG":
+                draft_for_canonical_size(image)
             image.load()
             # EXIF orientation: photos from phones are stored sideways with a rotation tag.
             image = ImageOps.exif_transpose(image)
@@ -161,25 +177,54 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def draft_for_canonical_size(image: Image.Image) -> None:
+    """Let a JPEG decode at a reduced DCT scale where the result keeps DRAFT_MARGIN x the needed size."""
+    width, height = image.size
+    scale = DRAFT_MARGIN * DATASET_MAX_SIDE / max(width, height)
+    if scale < 0.5:  # draft cannot reduce by less than 2
+        image.draft(image.mode, (math.ceil(width * scale), math.ceil(height * scale)))
+
+
+def dataset_size(width: int, height: int, max_side: int = DATASET_MAX_SIDE) -> tuple[int, int]:
+    """(width, height) after the data set's normalization: longest side scaled down to `max_side`."""
+    longest = max(width, height)
+    if longest <= max_side:
+        return width, height
+    scale = max_side / longest
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def normalize_like_dataset(image: Image.Image) -> Image.Image:
+    """An RGB image scaled as the data set's images were: longest side at most 384, Lanczos."""
+    size = dataset_size(*image.size)
+    return image if size == image.size else image.resize(size, resample=Image.Resampling.LANCZOS)
+
+
+def centre_window(pixels: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
+    """The centred `size` x `size` window of uint8 [H, W, 3]; short sides mirrored at the edges.
+
+    Each round mirrors at most the image's own extent (half before, half after), as the in-graph
+    decoder's tf.pad(mode="SYMMETRIC") must, so both give the same pixels for any size.
+    """
+    while pixels.shape[0] < size or pixels.shape[1] < size:
+        missing = [min(max(0, size - extent), extent) for extent in pixels.shape[:2]]
+        before = [extent // 2 for extent in missing]
+        padding = [(before[0], missing[0] - before[0]), (before[1], missing[1] - before[1]), (0, 0)]
+        pixels = np.pad(pixels, padding, mode="symmetric")
+    height, width = pixels.shape[:2]
+    top, left = (height - size) // 2, (width - size) // 2
+    return np.ascontiguousarray(pixels[top : top + size, left : left + size])
+
+
 def resize_to_model_input(image: Image.Image, size: int = IMAGE_SIZE) -> np.ndarray:
-    """Centre square crop, bilinear resize to `size`x`size`: uint8 array [size, size, 3]."""
+    """Steps 3-4 of the canonical normalization: uint8 [size, size, 3] from a decoded RGB image."""
     if image.mode != "RGB":
         raise ValueError(f"expected an RGB image, got mode {image.mode}")
-    top, left, side = square_crop_box(*image.size)
-    # Crop first, then resize: resizing with `box=` would blend in pixels from outside the square.
-    square = image.crop((left, top, left + side, top + side)) if side != max(image.size) else image
-    resized = square.resize((size, size), resample=Image.Resampling.BILINEAR)
-    return np.asarray(resized, dtype=np.uint8)
-
-
-def square_crop_box(width: int, height: int) -> tuple[int, int, int]:
-    """(top, left, side) of the centred square crop: the in-graph decoder uses the same box."""
-    side = min(width, height)
-    return (height - side) // 2, (width - side) // 2, side
+    return centre_window(np.asarray(normalize_like_dataset(image), dtype=np.uint8), size)
 
 
 def decode_and_resize(image_bytes: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Encoded image bytes -> the model's uint8 [224, 224, 3] RGB input. The one shared entry point."""
+    """Encoded image bytes -> the canonical uint8 [256, 256, 3] RGB image. The one shared entry point."""
     return resize_to_model_input(open_image(image_bytes, max_pixels=max_pixels))
 
 

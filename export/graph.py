@@ -1,16 +1,17 @@
 """The served graph: both signatures of the contract around a network that maps images to logits.
 
-`ServingModule` takes any *network* callable (uint8 [N, 224, 224, 3] -> logit [N, 1]): the Keras
+`ServingModule` takes any *network* callable (uint8 [N, 256, 256, 3] -> logit [N, 1]): the Keras
 classifier itself (plain fp32 export), or a frozen / optimized graph (see export.optimize). The
 signatures add what clients need on top: the calibrated probability sigmoid(logit / T), the raw
 logit, the decision threshold and the label, so no client has to know T or the threshold.
 
-The bytes signature decodes inside the graph. It reproduces common.preprocessing: the same centred
-square (common.preprocessing.square_crop_box), an antialiased bilinear resize (what Pillow's
-BILINEAR does when shrinking), JPEG decoded with the accurate integer DCT (Pillow's default; the
-fast DCT TensorFlow uses by default is off by up to 14 levels), alpha composited over white.
-Measured on ../shared/data/uploads: at most 1 grey level off per pixel, at most 0.17 on average.
-What it does not do: EXIF orientation (Pillow rotates, the graph does not) and TIFF.
+The bytes signature decodes inside the graph. It reproduces common.preprocessing's canonical
+normalization: JPEG decoded with the accurate integer DCT (Pillow's default; the fast DCT TensorFlow
+uses by default is off by up to 14 levels), alpha composited over white, the longest side scaled
+down to 384 with an antialiased Lanczos-3 filter, the centred 256x256 window with mirrored edges.
+What it does not do: EXIF orientation (Pillow rotates, the graph does not), TIFF, and Pillow's
+DCT-scaled JPEG decoding of very large files. The stated tolerance is in export.validate and
+tests/export/test_bytes_parity.py.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 import tensorflow as tf
 
 from common import signatures
-from common.preprocessing import DEFAULT_MAX_PIXELS, IMAGE_SIZE
+from common.preprocessing import DATASET_MAX_SIDE, DEFAULT_MAX_PIXELS, IMAGE_SIZE
 
 Network = Callable[[tf.Tensor], tf.Tensor]
 
@@ -133,7 +134,7 @@ def _to_rgb(image: tf.Tensor) -> tf.Tensor:
 
 
 def decode_image_bytes(image_bytes: tf.Tensor, max_pixels: int = DEFAULT_MAX_PIXELS) -> tf.Tensor:
-    """One encoded file (scalar string) -> uint8 [224, 224, 3], as common.preprocessing.decode_and_resize.
+    """One encoded file (scalar string) -> uint8 [256, 256, 3], as common.preprocessing.decode_and_resize.
 
     Undecodable bytes and images over `max_pixels` raise InvalidArgumentError, which TF Serving
     answers as INVALID_ARGUMENT.
@@ -154,17 +155,60 @@ def decode_image_bytes(image_bytes: tf.Tensor, max_pixels: int = DEFAULT_MAX_PIX
             ),
             lambda: _to_rgb(tf.io.decode_image(image_bytes, channels=0, expand_animations=False)),
         )
+    return canonical_window(pixels)
+
+
+def canonical_window(pixels: tf.Tensor) -> tf.Tensor:
+    """float32 RGB [H, W, 3] -> uint8 canonical image, as common.preprocessing.resize_to_model_input.
+
+    Longest side scaled down to DATASET_MAX_SIDE (Lanczos-3, antialiased), then the centred window,
+    short sides mirrored at the edges.
+    """
     height, width = tf.shape(pixels)[0], tf.shape(pixels)[1]
-    # The same box as common.preprocessing.square_crop_box.
-    side = tf.minimum(height, width)
-    top, left = (height - side) // 2, (width - side) // 2
-    square = tf.image.crop_to_bounding_box(pixels, top, left, side, side)
-    resized = tf.image.resize(square, [IMAGE_SIZE, IMAGE_SIZE], method="bilinear", antialias=True)
-    return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, _WHITE), tf.uint8)
+    longest = tf.maximum(height, width)
+    scale = tf.constant(float(DATASET_MAX_SIDE), tf.float64) / tf.cast(longest, tf.float64)
+    # Python's round() in common.preprocessing.dataset_size rounds halves to even, as tf.round does.
+    new_height = tf.maximum(1, tf.cast(tf.round(tf.cast(height, tf.float64) * scale), tf.int32))
+    new_width = tf.maximum(1, tf.cast(tf.round(tf.cast(width, tf.float64) * scale), tf.int32))
+    pixels = tf.cond(
+        longest > DATASET_MAX_SIDE,
+        lambda: tf.image.resize(pixels, [new_height, new_width], method="lanczos3", antialias=True),
+        lambda: pixels,
+    )
+    pixels = tf.cast(tf.clip_by_value(tf.round(pixels), 0.0, _WHITE), tf.uint8)
+
+    def too_small(image: tf.Tensor) -> tf.Tensor:
+        return tf.reduce_any(tf.shape(image)[:2] < IMAGE_SIZE)
+
+    def mirror_once(image: tf.Tensor) -> tf.Tensor:
+        # As numpy's "symmetric" padding; a pad can be at most the image's own size, hence the loop.
+        shape = tf.shape(image)[:2]
+        missing = tf.minimum(tf.maximum(IMAGE_SIZE - shape, 0), shape)
+        before = missing // 2
+        paddings = tf.stack(
+            [
+                tf.stack([before[0], missing[0] - before[0]]),
+                tf.stack([before[1], missing[1] - before[1]]),
+                [0, 0],
+            ]
+        )
+        return tf.pad(image, paddings, mode="SYMMETRIC")
+
+    pixels = tf.while_loop(
+        too_small,
+        lambda image: [mirror_once(image)],
+        [pixels],
+        shape_invariants=[tf.TensorShape([None, None, 3])],
+    )[0]
+    height, width = tf.shape(pixels)[0], tf.shape(pixels)[1]
+    top, left = (height - IMAGE_SIZE) // 2, (width - IMAGE_SIZE) // 2
+    return tf.ensure_shape(
+        pixels[top : top + IMAGE_SIZE, left : left + IMAGE_SIZE], [IMAGE_SIZE, IMAGE_SIZE, 3]
+    )
 
 
 def decode_image_batch(image_bytes: tf.Tensor, max_pixels: int = DEFAULT_MAX_PIXELS) -> tf.Tensor:
-    """string [N] -> uint8 [N, 224, 224, 3]."""
+    """string [N] -> uint8 [N, 256, 256, 3]."""
     return tf.map_fn(
         lambda one: decode_image_bytes(one, max_pixels),
         image_bytes,

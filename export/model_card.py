@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from common import signatures
-from common.preprocessing import DEFAULT_MAX_PIXELS, IMAGE_SIZE
+from common.preprocessing import DATASET_MAX_SIDE, DEFAULT_MAX_PIXELS, IMAGE_SIZE
 from export.run import TrainingRun
 
 MARKDOWN_FILE = "model_card.md"
@@ -104,6 +104,25 @@ def data_sources(data: Path) -> list[dict[str, Any]]:
     return described
 
 
+def loso_summary(run: TrainingRun) -> dict[str, Any] | None:
+    """The run's own leave-one-source-out result (`loso.json` in the run folder, from training.loso)."""
+    path = Path(run.directory) / "loso.json"
+    recipe = (run.config.get("recipe") or {}).get("name")
+    if not path.is_file() or not recipe:
+        return None
+    report = json.loads(path.read_text())
+    result = report.get("recipes", {}).get(recipe)
+    if result is None:
+        return None
+    return {
+        "recipe": recipe,
+        "protocol": report.get("protocol"),
+        "code_version": report.get("code_version"),
+        "folds": result["folds"],
+        "mean": result["mean"],
+    }
+
+
 def build_model_card(
     run: TrainingRun,
     model_name: str,
@@ -127,18 +146,22 @@ def build_model_card(
         "signatures": gate_report.get("signatures", {}),
         "input_contract": {
             signatures.SERVING_SIGNATURE: (
-                f"uint8 RGB [N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3] from common.preprocessing.decode_and_resize "
-                "(EXIF orientation, RGB with alpha over white, centred square crop, Pillow bilinear resize); "
-                "casting and the backbone's normalization happen inside the graph"
+                f"uint8 RGB [N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3], the canonical image of "
+                "common.preprocessing.decode_and_resize (EXIF orientation, RGB with alpha over white, longest"
+                f" side scaled down to {DATASET_MAX_SIDE} with Lanczos as the data set was, the centred "
+                f"{IMAGE_SIZE}x{IMAGE_SIZE} window with mirrored edges); casting, crops or flips and the "
+                "backbone's normalization happen inside the graph"
             ),
             signatures.BYTES_SIGNATURE: (
-                "encoded image files (JPEG, PNG, GIF first frame, BMP; WebP decodes too), decoded, cropped "
-                "and resized inside the graph: within 1 grey level per pixel of the shared preprocessing; "
+                "encoded image files (JPEG, PNG, GIF first frame, BMP; WebP decodes too), normalized inside "
+                "the graph the same way: mean difference <= 0.3 grey levels per pixel from the shared "
+                "preprocessing, <= 2% of values more than 2 levels apart (Lanczos implementations differ); "
                 f"EXIF orientation is not applied; images over {DEFAULT_MAX_PIXELS:,} pixels are refused"
             ),
             "outputs": OUTPUT_MEANINGS,
             "image_size": IMAGE_SIZE,
         },
+        "loso": loso_summary(run),
         "threshold": run.threshold,
         "temperature": run.temperature,
         "threshold_rule": evaluation.get("threshold_rule"),
@@ -224,6 +247,7 @@ def render_markdown(card: dict[str, Any]) -> str:
             "",
             "Robustness (test accuracy): " + ", ".join(f"{k} {_percent(v)}" for k, v in robustness.items()),
         ]
+    lines += _loso_lines(card.get("loso"))
     lines += [
         "",
         "## Training data",
@@ -254,6 +278,47 @@ def render_markdown(card: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _loso_lines(loso: dict[str, Any] | None) -> list[str]:
+    """The card's account of sources the model never saw, and its limits in plain words."""
+    if not loso:
+        return []
+    lines = [
+        "",
+        f"## On sources it never saw (leave-one-source-out, recipe `{loso['recipe']}`)",
+        "",
+        f"{loso['protocol']}. This, not the test split, is how the model was chosen.",
+        "",
+        "| left-out source | AI / real images | accuracy | ROC AUC | AI recall | real recall |",
+        "|---|---|---|---|---|---|",
+    ]
+    for source, fold in loso["folds"].items():
+        lines.append(
+            f"| {source} | {fold['count_ai']} / {fold['count_real']} | {_percent(fold['accuracy'])} | "
+            f"{_number(fold['roc_auc'])} | {_percent(fold['ai_recall'])} | {_percent(fold['real_recall'])} |"
+        )
+    mean = loso["mean"]
+    lines.append(
+        f"| **mean** | | {_percent(mean['accuracy'])} | {_number(mean['roc_auc'])} | "
+        f"{_percent(mean['ai_recall'])} | {_percent(mean['real_recall'])} |"
+    )
+    weakest = min(loso["folds"].items(), key=lambda item: item[1]["roc_auc"])
+    lines += [
+        "",
+        "## Limits, in plain words",
+        "",
+        f"- On photo-like sources it was not trained on it is right about {_percent(mean['accuracy'])} of "
+        f"the time (ROC AUC {_number(mean['roc_auc'])}); on the hardest, {weakest[0]}, barely better than a "
+        f"coin (AUC {_number(weakest[1]['roc_auc'])}). The test split's higher numbers come from sources it "
+        "has seen. Treat its score as weak evidence for a new generator or a new kind of photo, "
+        "never as proof.",
+        "- It looks at low-level image statistics of a 256x256 window (after the longest side is scaled to "
+        "384 px); heavy resizing or recompression of an upload weakens what it sees.",
+        "- The data holds no real face photos (the GAN faces are AI only) and little art with a real "
+        "counterpart: faces and paintings are judged on what the data could teach, which is little.",
+    ]
+    return lines
 
 
 def write_model_card(directory: Path, card: dict[str, Any]) -> None:

@@ -202,7 +202,9 @@ def write_variant_in_fresh_process(
         raise ExportError(f"building variant {variant_name} failed:\n{tail}")
 
 
-def freeze_network(logit_network: Any) -> tuple[tf.compat.v1.GraphDef, str, str]:
+def freeze_network(
+    logit_network: Any, image_size: int = IMAGE_SIZE
+) -> tuple[tf.compat.v1.GraphDef, str, str]:
     """(GraphDef with variables as constants, input tensor name, output tensor name)."""
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
@@ -210,7 +212,7 @@ def freeze_network(logit_network: Any) -> tuple[tf.compat.v1.GraphDef, str, str]
         return logit_network(image, training=False)
 
     concrete = tf.function(network).get_concrete_function(
-        tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.uint8, name="image")
+        tf.TensorSpec([None, image_size, image_size, 3], tf.uint8, name="image")
     )
     frozen = convert_variables_to_constants_v2(concrete)
     return frozen.graph.as_graph_def(), frozen.inputs[0].name, frozen.outputs[0].name

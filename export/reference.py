@@ -36,7 +36,7 @@ class EncodedFile:
 class ReferenceSet:
     """uint8 images and encoded files, with the Keras logits on their shared-preprocessing pixels."""
 
-    images: np.ndarray  # uint8 [N, 224, 224, 3]
+    images: np.ndarray  # uint8 [N, 256, 256, 3]
     files: list[EncodedFile]
     file_images: np.ndarray  # decode_and_resize(file.content) for each file
     image_logits: np.ndarray | None = None  # float64 [N]

@@ -18,7 +18,7 @@ NAMESPACE = "aidetect_gateway"
 STAGES = ("read", "decode", "resize", "model_call", "total")
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
-# Seconds: from a cached 224x224 decode (~1 ms) to a slow model call on a busy CPU (~10 s).
+# Seconds: from a cached 256x256 decode (~1 ms) to a slow model call on a busy CPU (~10 s).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 UPLOAD_BYTES_BUCKETS = tuple(float(2**power) for power in range(10, 26))  # 1 KiB .. 32 MiB
 SCORE_BUCKETS = tuple(round(step * 0.05, 2) for step in range(1, 21))  # 0.05 .. 1.0

@@ -257,7 +257,7 @@ class ModelClient:
         return metadata
 
     async def predict(self, images: np.ndarray, target: ModelTarget) -> PredictionBatch:
-        """uint8 [N, 224, 224, 3] images -> one prediction per image, in one Predict call."""
+        """uint8 [N, 256, 256, 3] images -> one prediction per image, in one Predict call."""
         expected_shape = (IMAGE_SIZE, IMAGE_SIZE, 3)
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != expected_shape:
             raise ValueError(

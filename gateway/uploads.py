@@ -189,7 +189,7 @@ def max_body_bytes(file_count: int, max_file_bytes: int) -> int:
 
 @dataclass(frozen=True)
 class DecodedImage:
-    pixels: np.ndarray  # uint8 [224, 224, 3]
+    pixels: np.ndarray  # uint8 [256, 256, 3]
     decode_seconds: float
     resize_seconds: float
 

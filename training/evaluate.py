@@ -65,7 +65,7 @@ ROBUSTNESS_PERTURBATIONS: dict[str, Perturbation | None] = {
 
 
 def load_images(examples: Sequence[Example], perturbation: Perturbation | None = None) -> np.ndarray:
-    """uint8 [N,224,224,3] through the shared preprocessing, optionally perturbing the decoded original."""
+    """uint8 canonical images through the shared preprocessing, optionally perturbing the decoded original."""
 
     def one(example: Example) -> np.ndarray:
         image = open_image(example.path.read_bytes())
@@ -173,9 +173,14 @@ def evaluate_model(model: Any, examples: Sequence[Example], robustness: bool = T
     validation_logits = predict_logits(model, load_images(validation))
     test_logits = predict_logits(model, load_images(test))
 
-    temperature = fit_temperature(validation_logits, validation_labels)
+    # Calibrate where the model is used: on the photo-like validation images when the data says
+    # which those are and they hold both labels (art and ImageNet-only photos would set the
+    # threshold for the easy painting-vs-photo case).
+    photo = np.asarray([example.style == "photo" for example in validation])
+    calibration = photo if len(np.unique(validation_labels[photo])) == 2 else np.ones(len(validation), bool)
+    temperature = fit_temperature(validation_logits[calibration], validation_labels[calibration])
     validation_probabilities = sigmoid(validation_logits / temperature)
-    threshold = choose_threshold(validation_probabilities, validation_labels)
+    threshold = choose_threshold(validation_probabilities[calibration], validation_labels[calibration])
     test_probabilities_raw = sigmoid(test_logits)
     test_probabilities = sigmoid(test_logits / temperature)
 
@@ -191,7 +196,9 @@ def evaluate_model(model: Any, examples: Sequence[Example], robustness: bool = T
     report: dict[str, Any] = {
         "temperature": temperature,
         "threshold": threshold,
-        "threshold_rule": "maximum balanced accuracy (Youden's J) on calibrated validation scores",
+        "threshold_rule": "maximum balanced accuracy (Youden's J) on calibrated validation scores"
+        + (" of the photo-like images" if not calibration.all() else ""),
+        "calibration_images": int(calibration.sum()),
         "validation": classification_metrics(validation_probabilities, validation_labels, threshold)
         | {"ece_calibrated": expected_calibration_error(validation_probabilities, validation_labels)},
         "test": test_metrics,

@@ -1,6 +1,6 @@
 """Backbones behind one builder, and the classifier head of the reference design.
 
-Every model takes raw uint8 RGB [N, 224, 224, 3] and carries its own scaling: the cast and the
+Every model takes raw uint8 RGB [N, 256, 256, 3] and carries its own scaling: the cast and the
 backbone's normalization are layers of the model, so the exported graph owns them too.
 
 Head (DEVELOPERS.md): frozen base -> GlobalAveragePooling2D -> Dense(150, relu, L2 0.01)
@@ -12,9 +12,10 @@ function computed is the same.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -95,15 +96,20 @@ def _resnet50_top_layers(base: keras.Model, blocks: int) -> list[keras.layers.La
     return [layer for layer in base.layers if layer.name.startswith(prefixes)]
 
 
-def _build_efficientnet_lite0(weights: WeightsSpec) -> keras.Model:
-    from training.efficientnet_lite import build_efficientnet_lite0
+def _efficientnet_lite_builder(variant: str) -> Callable[[WeightsSpec], keras.Model]:
+    def build(weights: WeightsSpec) -> keras.Model:
+        from training.efficientnet_lite import build_efficientnet_lite
 
-    if weights not in ("imagenet", None):
-        weights = _existing_file(weights)
-    return build_efficientnet_lite0(include_top=False, weights=weights)
+        if weights not in ("imagenet", None):
+            weights = _existing_file(weights)
+        return build_efficientnet_lite(
+            variant, include_top=False, weights=weights, input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3)
+        )
+
+    return build
 
 
-def _efficientnet_lite0_top_layers(base: keras.Model, blocks: int) -> list[keras.layers.Layer]:
+def _efficientnet_lite_top_layers(base: keras.Model, blocks: int) -> list[keras.layers.Layer]:
     from training.efficientnet_lite import layers_of_top_blocks
 
     return layers_of_top_blocks(base, blocks)
@@ -117,9 +123,12 @@ def _existing_file(path: str | os.PathLike[str]) -> str:
 
 BACKBONES: dict[str, BackboneSpec] = {
     "resnet50": BackboneSpec("resnet50", "caffe", _build_resnet50, _resnet50_top_layers),
-    "efficientnet_lite0": BackboneSpec(
-        "efficientnet_lite0", "lite", _build_efficientnet_lite0, _efficientnet_lite0_top_layers
-    ),
+    **{
+        variant: BackboneSpec(
+            variant, "lite", _efficientnet_lite_builder(variant), _efficientnet_lite_top_layers
+        )
+        for variant in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+    },
 }
 
 
@@ -128,6 +137,41 @@ def backbone_spec(name: str) -> BackboneSpec:
         return BACKBONES[name]
     except KeyError:
         raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}") from None
+
+
+# Taps for the statistics features: the outputs of EfficientNet-Lite stages 1..5 and of the head.
+TAP_STAGES = (1, 2, 3, 4, 5)
+TAP_NAMES = (*(f"stage{stage}" for stage in TAP_STAGES), "head")
+
+
+def build_tapped_base(backbone: str, weights: WeightsSpec = "imagenet") -> keras.Model:
+    """An EfficientNet-Lite base whose outputs are the taps (stage 1..5 outputs and the head), any size."""
+    spec = backbone_spec(backbone)
+    if spec.normalization != "lite":
+        raise ValueError(f"taps are defined for the EfficientNet-Lite backbones, not {backbone}")
+    from training.efficientnet_lite import build_efficientnet_lite
+
+    if weights not in ("imagenet", None):
+        weights = _existing_file(weights)
+    base = build_efficientnet_lite(backbone, include_top=False, weights=weights, input_shape=(None, None, 3))
+    names = [layer.name for layer in base.layers]
+    taps = [[name for name in names if name.startswith(f"blocks_{stage}_")][-1] for stage in TAP_STAGES]
+    outputs = [base.get_layer(name).output for name in [*taps, "head_relu6"]]
+    return keras.Model(base.input, outputs, name=BASE_LAYER)
+
+
+@keras.saving.register_keras_serializable(package="aidetect")
+class ChannelStatistics(keras.layers.Layer):
+    """Feature maps [N, H, W, C_i] -> [N, sum_i 2 C_i]: per map, each channel's spatial mean and std."""
+
+    def call(self, feature_maps: list[tf.Tensor]) -> tf.Tensor:
+        statistics = []
+        for feature_map in feature_maps:
+            values = keras.ops.cast(feature_map, "float32")
+            mean = keras.ops.mean(values, axis=(1, 2))
+            variance = keras.ops.mean(keras.ops.square(values), axis=(1, 2)) - keras.ops.square(mean)
+            statistics += [mean, keras.ops.sqrt(keras.ops.maximum(variance, 0.0) + 1e-12)]
+        return keras.ops.concatenate(statistics, axis=-1)
 
 
 def build_classifier(
@@ -159,6 +203,85 @@ def build_classifier(
     logit = keras.layers.Dense(1, name=LOGIT_LAYER)(features)
     probability = keras.layers.Activation("sigmoid", name=PROBABILITY_LAYER)(logit)
     return keras.Model(images, probability, name=f"aidetect_{backbone}")
+
+
+@keras.saving.register_keras_serializable(package="aidetect")
+class SelectColumns(keras.layers.Layer):
+    """[N, F] -> [N, len(columns)]: the feature groups a recipe uses, in order."""
+
+    def __init__(self, columns: list[int], **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.columns = [int(column) for column in columns]
+
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        return keras.ops.take(inputs, keras.ops.convert_to_tensor(self.columns, dtype="int32"), axis=1)
+
+    def get_config(self) -> dict[str, object]:
+        return {**super().get_config(), "columns": self.columns}
+
+
+@keras.saving.register_keras_serializable(package="aidetect")
+class Mirror(keras.layers.Layer):
+    """Images [N, H, W, C] flipped left to right (test-time flip averaging)."""
+
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        return keras.ops.flip(inputs, axis=2)
+
+
+def build_statistics_classifier(
+    backbone: str,
+    columns: list[int],
+    feature_mean: Any,
+    feature_scale: Any,
+    head_layers: Sequence[Sequence[Any]],
+    weights: WeightsSpec = "imagenet",
+    test_time_flip: bool = False,
+) -> keras.Model:
+    """uint8 canonical image -> P(AI): frozen EfficientNet-Lite taps -> channel statistics -> fitted head.
+
+    The function LOSO measures (training.recipes.FittedHead on training.features), as one Keras
+    model: `head_layers` are the fitted Dense weights ([kernel, bias] each; one = logistic, two =
+    the reference head, hidden ReLU layer first). With `test_time_flip` the logit is the mean of
+    the image's and its mirror image's.
+    """
+    import numpy as np
+
+    base = build_tapped_base(backbone, weights)
+    base.trainable = False
+    images = keras.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, 3), dtype="uint8", name=INPUT_NAME)
+    normalized = BackboneNormalization(backbone_spec(backbone).normalization, name="normalization")(images)
+    variance = np.square(np.asarray(feature_scale, dtype=np.float32))
+    layers: list[keras.layers.Layer] = [
+        ChannelStatistics(name="statistics"),
+        SelectColumns(columns, name="select"),
+        keras.layers.Normalization(
+            mean=np.asarray(feature_mean, dtype=np.float32), variance=variance, name="standardize"
+        ),
+    ]
+    for index, (kernel, _) in enumerate(head_layers):
+        last = index == len(head_layers) - 1
+        units = int(np.shape(kernel)[1])
+        # The model's `logit` layer is the last one: the Dense itself, or the average over the mirror pair.
+        name = ("head_logit" if test_time_flip else LOGIT_LAYER) if last else "hidden"
+        layers.append(keras.layers.Dense(units, activation=None if last else "relu", name=name))
+
+    def head(pixels: keras.KerasTensor) -> keras.KerasTensor:
+        values = base(pixels, training=False)
+        for layer in layers:
+            values = layer(values)
+        return values
+
+    if test_time_flip:
+        mirrored = Mirror(name="mirror")(normalized)
+        logit = keras.layers.Average(name=LOGIT_LAYER)([head(normalized), head(mirrored)])
+    else:
+        logit = head(normalized)
+    probability = keras.layers.Activation("sigmoid", name=PROBABILITY_LAYER)(logit)
+    model = keras.Model(images, probability, name=f"aidetect_{backbone}_statistics")
+    dense_layers = [layer for layer in layers if isinstance(layer, keras.layers.Dense)]
+    for layer, weights_pair in zip(dense_layers, head_layers, strict=True):
+        layer.set_weights([np.asarray(weight, dtype=np.float32) for weight in weights_pair])
+    return model
 
 
 def compile_classifier(model: keras.Model, learning_rate: float = LEARNING_RATE) -> None:

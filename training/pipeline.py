@@ -1,16 +1,16 @@
-"""tf.data input pipeline: parallel decoding with the shared decode-and-resize, cache, augment, batch.
+"""tf.data input pipeline: parallel decoding with the shared canonical normalization, cache, augment, batch.
 
 Decoding calls :func:`common.preprocessing.decode_and_resize` (the very function the gateway
 uses), so an un-augmented training tensor is bit-identical to what the gateway sends.
-Augmentation works on that uint8 224x224 tensor and is applied to both classes alike:
-flip, small rotation, brightness (the original plan), plus random resized crop, JPEG
-re-compression and Gaussian blur (as CNNDetection does), so compression level or image
-size cannot become a shortcut.
+Augmentation works on that uint8 canonical tensor and is applied to both classes alike, and only
+in ways that keep the pixels' own statistics meaningful (issue 12): flips and 90-degree
+rotations (no interpolation), and rescaling, JPEG re-compression and Gaussian blur, each with the
+same probability, so compression level or resampling history cannot become a shortcut. No random
+resized crop and no arbitrary-angle rotation: both resample every pixel.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,17 +27,17 @@ AUTOTUNE = tf.data.AUTOTUNE
 
 @dataclass(frozen=True)
 class AugmentationConfig:
-    """Probabilities and ranges of each augmentation (defaults follow CNNDetection's blur+JPEG)."""
+    """Probabilities and ranges of each augmentation (rescale, JPEG and blur: one probability)."""
 
     flip_probability: float = 0.5
-    max_rotation_degrees: float = 10.0
-    max_brightness_delta: float = 0.1  # fraction of the 0..255 range
-    crop_probability: float = 0.5
-    crop_min_area: float = 0.5  # random resized crop keeps at least this share of the area
-    jpeg_probability: float = 0.5
-    jpeg_quality_range: tuple[int, int] = (30, 95)
-    blur_probability: float = 0.5
-    blur_max_sigma: float = 3.0
+    rotate90_probability: float = 0.5  # a random multiple of 90 degrees
+    max_brightness_delta: float = 0.0  # fraction of the 0..255 range
+    rescale_probability: float = 0.3
+    rescale_range: tuple[float, float] = (0.5, 0.9)  # downscaled by this factor, then back to full size
+    jpeg_probability: float = 0.3
+    jpeg_quality_range: tuple[int, int] = (60, 95)
+    blur_probability: float = 0.3
+    blur_max_sigma: float = 1.5
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -45,9 +45,9 @@ class AugmentationConfig:
 
 NO_AUGMENTATION = AugmentationConfig(
     flip_probability=0.0,
-    max_rotation_degrees=0.0,
+    rotate90_probability=0.0,
     max_brightness_delta=0.0,
-    crop_probability=0.0,
+    rescale_probability=0.0,
     jpeg_probability=0.0,
     blur_probability=0.0,
 )
@@ -65,47 +65,13 @@ def _decode(path: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return image, label
 
 
-def _random_resized_crop(image: tf.Tensor, config: AugmentationConfig) -> tf.Tensor:
-    area = tf.random.uniform([], config.crop_min_area, 1.0)
-    log_ratio = tf.random.uniform([], math.log(3 / 4), math.log(4 / 3))
-    ratio = tf.exp(log_ratio)
-    height = tf.minimum(tf.sqrt(area / ratio), 1.0)
-    width = tf.minimum(tf.sqrt(area * ratio), 1.0)
-    top = tf.random.uniform([], 0.0, 1.0 - height + 1e-6)
-    left = tf.random.uniform([], 0.0, 1.0 - width + 1e-6)
-    box = tf.stack([top, left, top + height, left + width])[tf.newaxis]
-    cropped = tf.image.crop_and_resize(
-        tf.cast(image, tf.float32)[tf.newaxis], box, [0], [IMAGE_SIZE, IMAGE_SIZE], method="bilinear"
-    )[0]
-    return tf.cast(tf.clip_by_value(tf.round(cropped), 0.0, 255.0), tf.uint8)
-
-
-def _rotate(image: tf.Tensor, max_degrees: float) -> tf.Tensor:
-    angle = tf.random.uniform([], -max_degrees, max_degrees) * math.pi / 180.0
-    cos, sin = tf.cos(angle), tf.sin(angle)
-    center = (IMAGE_SIZE - 1) / 2.0
-    # Output pixel (x, y) samples input at R^-1 (x - c) + c; ImageProjectiveTransform wants that map.
-    transform = tf.stack(
-        [
-            cos,
-            -sin,
-            center - cos * center + sin * center,
-            sin,
-            cos,
-            center - sin * center - cos * center,
-            0.0,
-            0.0,
-        ]
-    )[tf.newaxis]
-    rotated = tf.raw_ops.ImageProjectiveTransformV3(
-        images=image[tf.newaxis],
-        transforms=transform,
-        output_shape=[IMAGE_SIZE, IMAGE_SIZE],
-        fill_value=0.0,
-        interpolation="BILINEAR",
-        fill_mode="REFLECT",
-    )
-    return rotated[0]
+def _rescale(image: tf.Tensor, config: AugmentationConfig) -> tf.Tensor:
+    """Down by a random factor and back up: the resolution history of a re-shared, resized image."""
+    low, high = config.rescale_range
+    side = tf.cast(tf.round(tf.random.uniform([], low, high) * IMAGE_SIZE), tf.int32)
+    smaller = tf.image.resize(tf.cast(image, tf.float32), [side, side], method="bilinear", antialias=True)
+    restored = tf.image.resize(smaller, [IMAGE_SIZE, IMAGE_SIZE], method="bicubic")
+    return tf.cast(tf.clip_by_value(tf.round(restored), 0.0, 255.0), tf.uint8)
 
 
 def _gaussian_blur(image: tf.Tensor, sigma: tf.Tensor) -> tf.Tensor:
@@ -131,15 +97,16 @@ def _with_probability(probability: float, augmented: object, original: tf.Tensor
 
 
 def augment(image: tf.Tensor, config: AugmentationConfig) -> tf.Tensor:
-    """One random augmentation of a uint8 [224, 224, 3] image; returns uint8 of the same shape."""
-    image = _with_probability(config.crop_probability, lambda: _random_resized_crop(image, config), image)
+    """One random augmentation of a uint8 canonical image; returns uint8 of the same shape."""
     if config.flip_probability > 0:
         image = _with_probability(config.flip_probability, lambda: tf.image.flip_left_right(image), image)
-    if config.max_rotation_degrees > 0:
-        image = _rotate(image, config.max_rotation_degrees)
+    if config.rotate90_probability > 0:
+        turns = tf.random.uniform([], 1, 4, dtype=tf.int32)
+        image = _with_probability(config.rotate90_probability, lambda: tf.image.rot90(image, turns), image)
     if config.max_brightness_delta > 0:
         delta = tf.random.uniform([], -config.max_brightness_delta, config.max_brightness_delta) * 255.0
         image = tf.cast(tf.clip_by_value(tf.round(tf.cast(image, tf.float32) + delta), 0.0, 255.0), tf.uint8)
+    image = _with_probability(config.rescale_probability, lambda: _rescale(image, config), image)
     sigma = tf.random.uniform([], 0.1, config.blur_max_sigma)
     image = _with_probability(config.blur_probability, lambda: _gaussian_blur(image, sigma), image)
     low, high = config.jpeg_quality_range
@@ -159,7 +126,7 @@ def make_dataset(
     seed: int = 42,
     cache: bool = True,
 ) -> tf.data.Dataset:
-    """(uint8 images [B,224,224,3], float32 labels [B]) batches.
+    """(uint8 images [B,256,256,3], float32 labels [B]) batches.
 
     Decoding runs in parallel and is cached after the first epoch; shuffling and
     augmentation happen after the cache, so each epoch sees fresh augmentations.

@@ -167,6 +167,80 @@ def train(config: TrainingConfig, output: Path) -> dict[str, Any]:
     return evaluate.evaluate_run(output)
 
 
+def train_recipe(recipe_name: str, data: Path, output: Path, cache: Path) -> dict[str, Any]:
+    """Fit a recipe's head on the train split (all sources), calibrate on photo-like val, save, evaluate.
+
+    The head is fitted on cached features (training.features) and becomes the last layers of
+    models.build_statistics_classifier; a check on validation images proves the saved Keras model
+    computes the same logits as the fitted head did on the cached features.
+    """
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from training import evaluate, features, models, recipes
+
+    recipe = recipes.recipe(recipe_name)
+    keras.utils.set_random_seed(recipe.seed)
+    output.mkdir(parents=True, exist_ok=True)
+    examples = with_splits(load_examples(data))
+    (output / "data_report.json").write_text(json.dumps(data_report(examples), indent=2) + "\n")
+    store = features.FeatureStore(examples, cache)
+    columns = features.groups_for(recipe.backbone).columns(recipe.groups)
+    train_index = [index for index, example in enumerate(examples) if example.split == "train"]
+    calibration_index = [
+        index for index, example in enumerate(examples) if example.split == "val" and example.style == "photo"
+    ] or [index for index, example in enumerate(examples) if example.split == "val"]
+    views = [recipe.view, *recipe.augmentation_views]
+    started = time.monotonic()
+    head = recipes.fit_head(
+        recipe,
+        [store.get(recipe.backbone, view)[train_index] for view in views],
+        [examples[index] for index in train_index],
+        store.get(recipe.backbone, recipe.view)[calibration_index],
+        [examples[index] for index in calibration_index],
+        columns,
+    )
+    model = models.build_statistics_classifier(
+        recipe.backbone, columns.tolist(), head.feature_mean, head.feature_scale, head.layers,
+        test_time_flip=recipe.test_time_flip,
+    )  # fmt: skip
+    model.save(output / "model.keras")
+
+    # The saved model must compute what the head computed on the cached features.
+    check = calibration_index[:32]
+    pixels = np.stack([features.view_pixels(examples[index], recipe.view) for index in check])
+    keras_logits = np.asarray(models.logit_model(model)(tf.constant(pixels))["logit"]).reshape(-1)
+    cached = store.get(recipe.backbone, recipe.view)[check]
+    expected = head.logits(cached)
+    if recipe.test_time_flip:
+        expected = (expected + head.logits(store.get(recipe.backbone, "flip")[check])) / 2.0
+    largest_difference = float(np.max(np.abs(keras_logits - expected)))
+    if largest_difference > 1e-2:
+        raise ValueError(f"the Keras model's logits differ from the fitted head's by {largest_difference}")
+
+    run_info = {
+        **TrainingConfig(
+            data=str(data), backbone=recipe.backbone, epochs=0, augment=bool(recipe.augmentation_views)
+        ).__dict__,
+        "recipe": recipe.to_dict(),
+        "head_fit_seconds": round(time.monotonic() - started, 1),
+        "logit_check": {"images": len(check), "max_abs_difference": largest_difference},
+        "data_fingerprint": dataset_fingerprint(examples),
+        "code_version": code_version(),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "versions": {
+            "python": platform.python_version(),
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+        },
+        "machine": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores",
+        "epochs_run": 0,
+    }
+    (output / "config.json").write_text(json.dumps(run_info, indent=2) + "\n")
+    return evaluate.evaluate_run(output)
+
+
 def main(
     data: Annotated[
         Path, typer.Option(help="Dataset: manifest folder/CSV, Kaggle train.csv, or real/ + ai/ folders")
@@ -198,9 +272,23 @@ def main(
     limit_per_split: Annotated[
         int | None, typer.Option(help="Use only the first N images of each split (smoke runs)")
     ] = None,
+    recipe: Annotated[
+        str | None,
+        typer.Option(
+            help="Fit a recipe of training.recipes on cached frozen features instead (LOSO-selected)"
+        ),
+    ] = None,
+    feature_cache: Annotated[Path, typer.Option(help="Feature cache folder for --recipe")] = Path(
+        "runs/features"
+    ),
 ) -> None:
     """Train a detector on labelled images, then evaluate it on val (calibration, threshold) and test."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from training.evaluate import summary_line
+
+    if recipe is not None:
+        print(summary_line(train_recipe(recipe, data, output, feature_cache)))
+        return
     config = TrainingConfig(
         data=str(data),
         backbone=backbone,
@@ -216,8 +304,6 @@ def main(
         seed=seed,
         limit_per_split=limit_per_split,
     )
-    from training.evaluate import summary_line
-
     print(summary_line(train(config, output)))
 
 

@@ -1,9 +1,12 @@
-"""The in-graph decoder of the bytes signature against the shared preprocessing.
+"""The in-graph decoder of the bytes signature against the shared canonical normalization.
 
-Tolerance: per image, max |pixel difference| <= 1 grey level and mean <= 0.25. Both crop the
-same centred square and resize with an antialiased bilinear filter; the remaining difference
-is rounding (Pillow resizes in fixed point, TensorFlow in float). Measured on the 41 files of
-../shared/data/uploads: max 1, mean 0.06 to 0.17 (docs/export.md).
+Tolerance, per image: mean |pixel difference| <= 0.3 grey levels, at most 2% of the values more
+than 2 levels apart, none more than 24. Both scale the longest side to 384 with an antialiased
+Lanczos-3 filter and cut the same centred 256x256 window; Pillow filters in fixed point with its
+own kernel support, TensorFlow in float, which differs most in the ringing next to sharp edges.
+Measured on the files of ../shared/data/uploads (2026-12-01): worst mean 0.24, worst share
+above 2 levels 1.2%, largest single difference 19. Images the normalization does not resize
+(longest side <= 384) decode identically apart from JPEG/format decoding.
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.preprocessing import decode_and_resize
+from common.preprocessing import IMAGE_SIZE, decode_and_resize
 
 pytestmark = pytest.mark.model
 
-MAX_PIXEL_DIFFERENCE = 1
-MAX_MEAN_PIXEL_DIFFERENCE = 0.25
+MAX_PIXEL_DIFFERENCE = 24
+MAX_MEAN_PIXEL_DIFFERENCE = 0.3
+MAX_SHARE_OVER_TWO_LEVELS = 0.02
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +37,12 @@ def decode():  # type: ignore[no-untyped-def]
     return lambda content: decode_one(tf.constant(content)).numpy()
 
 
-def difference(decode, content: bytes) -> tuple[int, float]:  # type: ignore[no-untyped-def]
+def difference(decode, content: bytes) -> tuple[int, float, float]:  # type: ignore[no-untyped-def]
     in_graph = decode(content).astype(np.int16)
     shared = decode_and_resize(content).astype(np.int16)
-    assert in_graph.shape == shared.shape == (224, 224, 3)
+    assert in_graph.shape == shared.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
     gap = np.abs(in_graph - shared)
-    return int(gap.max()), float(gap.mean())
+    return int(gap.max()), float(gap.mean()), float(np.mean(gap > 2))
 
 
 def encode(image: Image.Image, image_format: str, **options: object) -> bytes:
@@ -55,11 +59,16 @@ def test_upload_files_decode_like_the_shared_preprocessing(decode, uploads_dir: 
     worst = {}
     for path in paths:
         worst[path.name] = difference(decode, path.read_bytes())
-    maximum = max(gap for gap, _ in worst.values())
-    mean = max(average for _, average in worst.values())
-    print(f"{len(paths)} uploads: max pixel difference {maximum}, worst mean {mean:.3f}")
+    maximum = max(gap for gap, _, _ in worst.values())
+    mean = max(average for _, average, _ in worst.values())
+    share = max(over for _, _, over in worst.values())
+    print(
+        f"{len(paths)} uploads: max pixel difference {maximum}, worst mean {mean:.3f}, "
+        f"worst share > 2: {share:.4f}"
+    )
     assert maximum <= MAX_PIXEL_DIFFERENCE, worst
     assert mean <= MAX_MEAN_PIXEL_DIFFERENCE, worst
+    assert share <= MAX_SHARE_OVER_TWO_LEVELS, worst
 
 
 @pytest.mark.parametrize(
@@ -70,7 +79,8 @@ def test_upload_files_decode_like_the_shared_preprocessing(decode, uploads_dir: 
         ("PNG", "RGBA", (300, 300)),  # transparency composited over white
         ("PNG", "L", (640, 480)),  # greyscale
         ("JPEG", "L", (400, 500)),  # greyscale JPEG
-        ("PNG", "RGB", (150, 120)),  # smaller than 224: upscaled
+        ("PNG", "RGB", (150, 120)),  # smaller than 256: mirrored at the edges
+        ("PNG", "RGB", (1000, 30)),  # a strip: mirrored several times over
     ],
 )
 def test_generated_files_of_every_format_decode_like_the_shared_preprocessing(  # type: ignore[no-untyped-def]
@@ -85,8 +95,11 @@ def test_generated_files_of_every_format_decode_like_the_shared_preprocessing(  
     elif mode == "L":
         image = image.convert("L")
     content = encode(image, image_format)
-    gap, mean = difference(decode, content)
+    gap, mean, share = difference(decode, content)
     assert gap <= MAX_PIXEL_DIFFERENCE and mean <= MAX_MEAN_PIXEL_DIFFERENCE, (gap, mean)
+    assert share <= MAX_SHARE_OVER_TWO_LEVELS, share
+    if max(size) <= 384 and image_format in ("BMP", "PNG"):
+        assert gap == 0  # nothing resized, lossless: the same pixels
 
 
 def test_images_over_the_pixel_limit_and_garbage_are_invalid_arguments(uploads_dir: Path) -> None:

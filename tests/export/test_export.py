@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from common import signatures
+from common.preprocessing import IMAGE_SIZE
 from tests.export.conftest import TEMPERATURE, run_python
 
 pytestmark = [pytest.mark.model, pytest.mark.integration]
@@ -113,7 +114,7 @@ def test_reloaded_in_another_process_signatures_and_outputs_match_keras(
     }
     assert described == {
         signatures.SERVING_SIGNATURE: {
-            "inputs": {signatures.IMAGE_INPUT: ["uint8", [None, 224, 224, 3]]},
+            "inputs": {signatures.IMAGE_INPUT: ["uint8", [None, IMAGE_SIZE, IMAGE_SIZE, 3]]},
             "outputs": outputs,
         },
         signatures.BYTES_SIGNATURE: {
@@ -161,7 +162,7 @@ def test_warmup_file_holds_prediction_logs_for_both_signatures(first_export: Pat
         values = tf.make_ndarray(tensor)
         if request.model_spec.signature_name == signatures.SERVING_SIGNATURE:
             assert input_name == signatures.IMAGE_INPUT
-            assert values.dtype == np.uint8 and values.shape[1:] == (224, 224, 3)
+            assert values.dtype == np.uint8 and values.shape[1:] == (IMAGE_SIZE, IMAGE_SIZE, 3)
             assert values.std() > 10, "real images, not blank ones"
         else:
             assert request.model_spec.signature_name == signatures.BYTES_SIGNATURE
@@ -181,7 +182,7 @@ def test_model_card_describes_the_version(first_export: Path, tiny_run: Path) ->
     assert set(card["signatures"]) == {signatures.SERVING_SIGNATURE, signatures.BYTES_SIGNATURE}
     assert card["signatures"][signatures.SERVING_SIGNATURE]["inputs"][signatures.IMAGE_INPUT] == {
         "dtype": "uint8",
-        "shape": [-1, 224, 224, 3],
+        "shape": [-1, IMAGE_SIZE, IMAGE_SIZE, 3],
     }
     assert card["evaluation"]["test"]["per_source"]["imagenet-sample"]["accuracy"] == 0.5
     assert "classification_report" not in card["evaluation"]["test"]

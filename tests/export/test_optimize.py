@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+
+from common.preprocessing import IMAGE_SIZE
 
 pytestmark = pytest.mark.model
 
@@ -15,7 +19,7 @@ def small_network():  # type: ignore[no-untyped-def]
     import keras
 
     keras.utils.set_random_seed(3)
-    image = keras.Input((224, 224, 3), dtype="uint8", name="image")
+    image = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3), dtype="uint8", name="image")
     features = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(image)
     features = keras.layers.Conv2D(8, 3, strides=4, use_bias=True)(features)
     features = keras.layers.BatchNormalization(epsilon=1e-3)(features)
@@ -47,7 +51,7 @@ def test_batch_norms_fold_into_the_convolutions_without_changing_the_output(smal
 
     from export.optimize import fold_batch_norms, freeze_network, graph_def_function
 
-    images = np.random.default_rng(1).integers(0, 256, (4, 224, 224, 3), dtype=np.uint8)
+    images = np.random.default_rng(1).integers(0, 256, (4, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     expected = np.asarray(small_network(images, training=False))
     graph_def, input_name, output_name = freeze_network(small_network)
     folded, folds = fold_batch_norms(graph_def, [output_name])
@@ -59,18 +63,27 @@ def test_batch_norms_fold_into_the_convolutions_without_changing_the_output(smal
     np.testing.assert_allclose(served, expected, rtol=1e-4, atol=1e-4)
 
 
+def cpu_has_bfloat16() -> bool:
+    cpu_info = Path("/proc/cpuinfo")
+    flags = cpu_info.read_text() if cpu_info.is_file() else ""
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
 def test_bfloat16_rewrite_keeps_the_head_in_float32(small_network) -> None:  # type: ignore[no-untyped-def]
     import tensorflow as tf
 
     from export.optimize import fold_batch_norms, freeze_network, graph_def_function, rewrite_bfloat16
 
-    images = np.random.default_rng(2).integers(0, 256, (4, 224, 224, 3), dtype=np.uint8)
+    images = np.random.default_rng(2).integers(0, 256, (4, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     expected = np.asarray(small_network(images, training=False))
     graph_def, input_name, output_name = freeze_network(small_network)
     folded, _ = fold_batch_norms(graph_def, [output_name])
     rewritten = rewrite_bfloat16(folded, [output_name])
     types = {node.op: tf.as_dtype(node.attr["T"].type) for node in rewritten.node if "T" in node.attr}
-    assert types["Conv2D"] == tf.bfloat16 and types["DepthwiseConv2dNative"] == tf.bfloat16
+    # Grappler's oneDNN rewrite acts only where the CPU computes bfloat16 natively (AVX512-BF16 or
+    # AMX); elsewhere (e.g. an AVX2-only machine) it must leave the graph in float32.
+    expected_type = tf.bfloat16 if cpu_has_bfloat16() else tf.float32
+    assert types["Conv2D"] == expected_type and types["DepthwiseConv2dNative"] == expected_type
     assert types["MatMul"] == tf.float32 and types["Mean"] == tf.float32
     served = graph_def_function(rewritten, input_name, output_name)(tf.constant(images)).numpy()
     # bfloat16 keeps 8 bits of mantissa: about 2 significant digits.

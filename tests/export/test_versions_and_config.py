@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from common import model_config
 from export.export import existing_versions, next_version
 from export.serving_config import app
 
@@ -26,9 +27,28 @@ def test_only_integer_folders_are_versions_and_the_next_is_max_plus_one(tmp_path
 
 @pytest.fixture()
 def config_file(tmp_path: Path) -> Path:
+    """The repository's config, rewritten to serve version 1 as stable: the starting point of the edits."""
     path = tmp_path / "models.config"
     shutil.copy(REPO_ROOT / "serving" / "models.config", path)
+    entry_text = path.read_text()
+    served = model_config.model(model_config.load(path))
+    version = list(served.model_version_policy.specific.versions)
+    assert version and dict(served.version_labels) == {"stable": version[0]}, entry_text
+    path.write_text(
+        entry_text.replace(f"versions: {version[0]}", "versions: 1").replace(
+            f"value: {version[0]}", "value: 1"
+        )
+    )
     return path
+
+
+def test_the_repository_config_serves_a_committed_version() -> None:
+    config = model_config.load(REPO_ROOT / "serving" / "models.config")
+    entry = model_config.model(config)
+    served = list(entry.model_version_policy.specific.versions)
+    assert served == [dict(entry.version_labels)["stable"]]
+    for version in served:
+        assert (REPO_ROOT / "models" / "ai_detector" / str(version) / "saved_model.pb").is_file()
 
 
 @pytest.fixture()
@@ -47,8 +67,6 @@ def invoke(*arguments: str) -> tuple[int, str]:
 
 
 def test_canary_rollout_edits(config_file: Path, models_dir: Path) -> None:
-    from common import model_config
-
     config = ("--config", str(config_file))
     code, output = invoke("show", *config)
     assert code == 0 and "ai_detector: /models/ai_detector | policy specific [1] | labels stable=1" in output

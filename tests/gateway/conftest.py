@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from common.preprocessing import IMAGE_SIZE
 from gateway.dependencies import get_model_client
 from gateway.main import create_app
 from gateway.model_client import (
@@ -74,7 +75,7 @@ class FakeModelClient:
             signature_name="serving_default",
             input_name="image",
             input_dtype="DT_UINT8",
-            input_shape=(-1, 224, 224, 3),
+            input_shape=(-1, IMAGE_SIZE, IMAGE_SIZE, 3),
             output_names=("label", "logit", "probability", "threshold"),
             signature_names=("predict_image_bytes", "serving_default"),
         )

@@ -58,7 +58,7 @@ def png_header_only(width: int, height: int) -> bytes:
 
 
 def every_accepted_kind() -> dict[str, bytes]:
-    """name -> file bytes: the formats and modes the gateway must turn into RGB 224x224."""
+    """name -> file bytes: the formats and modes the gateway must turn into the canonical RGB 256x256."""
     picture = gradient()
     sixteen_bit = Image.fromarray((np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16))
     rgba = picture.convert("RGBA")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from common.preprocessing import decode_and_resize
+from common.preprocessing import IMAGE_SIZE, decode_and_resize
 from gateway.errors import ModelUnavailableError, UpstreamError, UpstreamTimeoutError
 from tests.gateway import images
 from tests.gateway.conftest import FAKE_THRESHOLD, FAKE_VERSION, FakeModelClient, MakeClient
@@ -60,7 +60,7 @@ def test_predict_answers_the_contract_fields(client_and_fake: tuple[TestClient, 
     assert body["version_label"] == "stable"
     assert body["request_id"] == response.headers["x-request-id"]
     (sent, target), *_ = fake.calls
-    assert sent.shape == (1, 224, 224, 3) and sent.dtype == np.uint8
+    assert sent.shape == (1, IMAGE_SIZE, IMAGE_SIZE, 3) and sent.dtype == np.uint8
     assert target.label == "stable" and not target.pinned
 
 
@@ -380,7 +380,7 @@ def test_model_info(client_and_fake: tuple[TestClient, FakeModelClient]) -> None
     body = client.get("/v1/model").json()
     assert body["model_version"] == FAKE_VERSION
     assert body["threshold"] == FAKE_THRESHOLD
-    assert body["input"] == {"name": "image", "dtype": "DT_UINT8", "shape": [-1, 224, 224, 3]}
+    assert body["input"] == {"name": "image", "dtype": "DT_UINT8", "shape": [-1, IMAGE_SIZE, IMAGE_SIZE, 3]}
     assert "predict_image_bytes" in body["signatures"]
     assert body["upload_limits"]["max_batch_files"] == 16  # the web page reads its limits here
 

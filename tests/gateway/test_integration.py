@@ -14,6 +14,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from common.preprocessing import IMAGE_SIZE
 from gateway.main import create_app
 from gateway.settings import Settings
 from tests.gateway import images
@@ -148,7 +149,7 @@ def test_model_info_and_metrics(live_stack: LiveStack) -> None:
     info = httpx.get(f"{live_stack.gateway_url}/v1/model", timeout=30).json()
     assert info["model_version"] == 1 and info["threshold"] == pytest.approx(0.5)
     assert info["signatures"] == ["predict_image_bytes", "serving_default"]
-    assert info["input"] == {"name": "image", "dtype": "DT_UINT8", "shape": [-1, 224, 224, 3]}
+    assert info["input"] == {"name": "image", "dtype": "DT_UINT8", "shape": [-1, IMAGE_SIZE, IMAGE_SIZE, 3]}
     metrics = httpx.get(f"{live_stack.gateway_url}/metrics", timeout=30).text
     assert (
         'aidetect_gateway_model_info{model_name="ai_detector",model_version="1",version_label="stable"} 1.0'

@@ -23,6 +23,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from common.preprocessing import IMAGE_SIZE
 from gateway.errors import (
     ModelUnavailableError,
     ModelVersionNotFoundError,
@@ -47,7 +48,7 @@ def signature_map(input_dtype: int = types_pb2.DT_UINT8, outputs: tuple[str, ...
         tensor_input = signature.inputs["image"]
         tensor_input.name = "serving_default_image:0"
         tensor_input.dtype = input_dtype
-        for size in (-1, 224, 224, 3):
+        for size in (-1, IMAGE_SIZE, IMAGE_SIZE, 3):
             tensor_input.tensor_shape.dim.add(size=size)
         for output in outputs or ("probability", "logit", "threshold", "label"):
             signature.outputs[output].name = f"StatefulPartitionedCall:{output}"
@@ -140,7 +141,7 @@ def run_with_server(
 
 
 def images_of(*values: int) -> np.ndarray:
-    return np.stack([np.full((224, 224, 3), value, dtype=np.uint8) for value in values])
+    return np.stack([np.full((IMAGE_SIZE, IMAGE_SIZE, 3), value, dtype=np.uint8) for value in values])
 
 
 STABLE = ModelTarget(label="stable")
@@ -158,7 +159,7 @@ def test_predict_sends_the_contract_request_and_reads_every_output() -> None:
     request = scripted.requests[-1]
     assert request.model_spec.version_label == "stable" and request.model_spec.name == "ai_detector"
     assert set(request.output_filter) == {"probability", "threshold", "label", "logit"}
-    assert to_numpy(request.inputs["image"]).shape == (2, 224, 224, 3)
+    assert to_numpy(request.inputs["image"]).shape == (2, IMAGE_SIZE, IMAGE_SIZE, 3)
 
 
 def test_outputs_in_typed_fields_are_read_too() -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.preprocessing import IMAGE_SIZE
 from gateway.settings import Settings
 from gateway.uploads import ImageDecoder, read_multipart_files
 
@@ -58,7 +59,7 @@ def test_gateway_tensor_equals_training_tensor(uploads_dir: Path) -> None:
     ]
     dataset = make_dataset(examples, training=False, batch_size=8, cache=False)
     training_tensors = np.concatenate([batch_images.numpy() for batch_images, _ in dataset])
-    assert training_tensors.shape == (len(rows), 224, 224, 3)
+    assert training_tensors.shape == (len(rows), IMAGE_SIZE, IMAGE_SIZE, 3)
 
     decoder = ImageDecoder(threads=2, max_pixels=Settings().max_pixels)
     try:

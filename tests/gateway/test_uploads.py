@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.preprocessing import decode_and_resize
+from common.preprocessing import IMAGE_SIZE, decode_and_resize
 from gateway.errors import MissingFileError, TooManyFilesError, UploadTooLargeError
 from gateway.uploads import ImageDecoder, decode_for_model, max_body_bytes, read_multipart_files
 from tests.gateway import images
@@ -104,4 +104,4 @@ def test_decoder_runs_off_the_event_loop() -> None:
         first, second = asyncio.run(decode_two())
     finally:
         decoder.close()
-    assert first.pixels.shape == second.pixels.shape == (224, 224, 3)
+    assert first.pixels.shape == second.pixels.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)

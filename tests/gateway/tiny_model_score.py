@@ -1,7 +1,7 @@
 """What the tiny contract model of tiny_model.py answers, computed without TensorFlow.
 
 score = sigmoid((brightness - 0.5) * 10 / temperature), brightness = mean pixel / 255 of the
-shared preprocessing's 224x224 tensor. Tests compare the gateway's answer with this: equality
+shared preprocessing's canonical 256x256 tensor. Tests compare the gateway's answer with this: equality
 proves the tensor reached the model intact and the answer came back unchanged.
 """
 

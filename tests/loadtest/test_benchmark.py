@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from common.preprocessing import IMAGE_SIZE
 from loadtest import benchmark
 from tests.serving.local_server_support import build_tiny_saved_model
 
@@ -21,7 +22,7 @@ def write_tiny_keras_model(path: Path) -> None:
     """A Keras classifier with the project's input and output (uint8 image -> probability)."""
     import keras
 
-    images = keras.Input((224, 224, 3), dtype="uint8", name="image")
+    images = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3), dtype="uint8", name="image")
     features = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255.0)(images))
     probability = keras.layers.Dense(1, activation="sigmoid", name="probability")(features)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.preprocessing import decode_and_resize
+from common.preprocessing import IMAGE_SIZE, decode_and_resize
 from loadtest import cpu_budget
 from loadtest.samples import load_uploads
 from tests.serving.local_server_support import build_tiny_saved_model
@@ -26,7 +26,7 @@ def test_pre_resized_uploads_carry_exactly_the_model_input(uploads_dir: Path) ->
     for sample, upload in zip(samples, cpu_budget.resized_uploads(samples), strict=True):
         png = upload.sample.data
         assert upload.sample.content_type == "image/png" and png in upload.body
-        assert Image.open(io.BytesIO(png)).size == (224, 224)
+        assert Image.open(io.BytesIO(png)).size == (IMAGE_SIZE, IMAGE_SIZE)
         assert np.array_equal(decode_and_resize(png), decode_and_resize(sample.data))
 
 
@@ -67,7 +67,7 @@ def test_cpu_budget_accounts_every_process_and_writes_its_section(uploads_dir: P
     assert exit_code == 0
     text = document.read_text()
     assert text.startswith("# Performance\n\nprose before\n") and text.endswith("\n\nprose after\n")
-    assert "\nold\n" not in text and "pre-resized to 224x224 PNG" in text
+    assert "\nold\n" not in text and "pre-resized to canonical 256x256 PNG" in text
 
     (results_file,) = (tmp_path / "results").glob("*/cpu_budget.json")
     results = json.loads(results_file.read_text())
@@ -76,7 +76,7 @@ def test_cpu_budget_accounts_every_process_and_writes_its_section(uploads_dir: P
     assert entry["raw"]["batch_sizes"]["1"]["cpu_milliseconds_per_image"] > 0
     assert [step["uploads"] for step in entry["steps"]] == [
         "real uploads",
-        "the same images pre-resized to 224x224 PNG",
+        "the same images pre-resized to canonical 256x256 PNG",
         cpu_budget.PINNED_UPLOADS,
     ]
     # The one-core-each topology really ran so: the model server on CPU 0, the rest on CPU 1.
@@ -90,7 +90,7 @@ def test_cpu_budget_accounts_every_process_and_writes_its_section(uploads_dir: P
         # Nothing is counted twice: the processes together used no more than the cores had.
         assert step["idle_ms_per_request"] > -0.05 * step["capacity_ms_per_request"], step
     # Each process is measured under its own name: decoding full-size uploads makes the gateway the
-    # busier server with the tiny model, and costs it more than decoding 224x224 PNGs.
+    # busier server with the tiny model, and costs it more than decoding canonical 256x256 PNGs.
     real, resized, _ = entry["steps"]
     assert real["cpu_ms_per_request"]["gateway"] > real["cpu_ms_per_request"]["model server"]
     assert real["cpu_ms_per_request"]["gateway"] > resized["cpu_ms_per_request"]["gateway"]

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 
+from common.preprocessing import IMAGE_SIZE
 from training import models
 
 pytestmark = pytest.mark.model
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.model
 def test_classifier_has_the_reference_head_and_a_frozen_base(backbone: str) -> None:
     model = models.build_classifier(backbone, weights=None)
     models.compile_classifier(model)
-    assert model.input.dtype == "uint8" and tuple(model.input.shape) == (None, 224, 224, 3)
+    assert model.input.dtype == "uint8" and tuple(model.input.shape) == (None, IMAGE_SIZE, IMAGE_SIZE, 3)
     base = model.get_layer(models.BASE_LAYER)
     assert not base.trainable
     hidden = model.get_layer("hidden")
@@ -35,7 +36,7 @@ def test_classifier_has_the_reference_head_and_a_frozen_base(backbone: str) -> N
 
 def test_probability_is_sigmoid_of_logit_and_save_load_round_trip(tmp_path: Path) -> None:
     model = models.build_classifier("efficientnet_lite0", weights=None)
-    images = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
+    images = np.random.default_rng(0).integers(0, 256, (2, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     outputs = models.logit_model(model).predict(images, verbose=0)
     assert np.allclose(outputs["probability"], 1 / (1 + np.exp(-outputs["logit"])), atol=1e-6)
     path = tmp_path / "model.keras"

@@ -23,7 +23,7 @@ MODEL_NAME = "ai_detector"
 
 
 def brightness_logit(images: tf.Tensor) -> tf.Tensor:
-    """uint8 [N, 224, 224, 3] -> logit [N, 1], the tiny model's rule."""
+    """uint8 [N, 256, 256, 3] -> logit [N, 1], the tiny model's rule."""
     brightness = tf.reduce_mean(tf.cast(images, tf.float32), axis=[1, 2, 3]) / 255.0
     return tf.reshape((brightness - 0.5) * 10.0, [-1, 1])
 

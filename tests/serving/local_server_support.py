@@ -35,11 +35,11 @@ from tensorflow_serving.apis import (
 )
 
 from common import signatures
+from common.preprocessing import IMAGE_SIZE
 from serving.runtime import ndarray_to_tensor_proto, tensor_proto_to_ndarray
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 SHARED = REPOSITORY.parent / "shared"
-IMAGE_SIZE = 224
 MODEL_NAME = "ai_detector"
 WAIT_SECONDS = 60.0  # upper bound for "eventually" loops; a passing run takes far less
 

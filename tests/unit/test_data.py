@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from collections import Counter
 from pathlib import Path
 
@@ -21,10 +22,20 @@ def write_image(path: Path, seed: int, size: tuple[int, int] = (64, 48)) -> None
 
 
 def test_manifest_layout(ai_vs_real_dir: Path) -> None:
+    """Whatever version of the data: one example per manifest row, with its label, split and source."""
+    with (ai_vs_real_dir / "manifest.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
     examples = data.load_examples(ai_vs_real_dir)
-    assert len(examples) == 3444
+    assert len(examples) == len(rows) > 0
+    for example, row in zip(examples, rows, strict=True):
+        assert example.path == ai_vs_real_dir / row["path"]
+        assert (example.label_name, example.split, example.source) == (
+            row["label"],
+            row["split"],
+            row["source"],
+        )
     counts = Counter((example.split, example.label_name) for example in examples)
-    assert counts[("train", "ai")] == 1306 and counts[("test", "real")] == 239
+    assert all(counts[(split, label)] > 0 for split in data.SPLITS for label in data.LABEL_NAMES)
     assert all(example.path.is_file() for example in examples[:50])
 
 

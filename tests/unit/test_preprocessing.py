@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from common import preprocessing
 from common.preprocessing import (
@@ -49,12 +49,41 @@ def test_same_bytes_give_bit_identical_tensors() -> None:
     assert np.array_equal(decode_and_resize(data), decode_and_resize(data))
 
 
-def test_centre_square_crop_removes_the_aspect_ratio() -> None:
-    # Wide image: left and right thirds black, centre square white -> the model sees only white.
-    image = Image.new("RGB", (300, 100), (0, 0, 0))
-    image.paste((255, 255, 255), (100, 0, 200, 100))
-    array = decode_and_resize(encode(image, "PNG"))
-    assert array.min() == 255
+def test_images_at_the_data_sets_size_are_not_resampled() -> None:
+    # Longest side <= 384 (every image of the shared data set): the canonical image is the centred
+    # 256x256 window of the very pixels, no filter touches them.
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (300, 380, 3), dtype=np.uint8)
+    array = decode_and_resize(encode(Image.fromarray(pixels), "PNG"))
+    assert np.array_equal(array, pixels[22:278, 62:318])
+
+
+def test_larger_images_are_scaled_like_the_data_set_then_windowed() -> None:
+    rng = np.random.default_rng(1)
+    image = Image.fromarray(rng.integers(0, 256, (800, 1000, 3), dtype=np.uint8))
+    assert preprocessing.dataset_size(1000, 800) == (384, 307)
+    expected = np.asarray(image.resize((384, 307), Image.Resampling.LANCZOS))[25:281, 64:320]
+    assert np.array_equal(decode_and_resize(encode(image, "PNG")), expected)
+
+
+def test_short_sides_are_mirrored_not_stretched() -> None:
+    # A 40 x 300 strip keeps its pixels in the middle; the rest of the window mirrors them.
+    strip = np.tile(np.arange(40, dtype=np.uint8)[np.newaxis, :, np.newaxis], (300, 1, 3)) * 5
+    array = decode_and_resize(encode(Image.fromarray(strip), "PNG"))
+    row = array[128, :, 0].astype(int)
+    assert np.array_equal(row[108:148], strip[0, :, 0])  # the strip itself, centred
+    assert np.array_equal(row[107::-1][:20], strip[0, :20, 0])  # mirrored at its left edge
+    assert set(row.tolist()) == set(strip[0, :, 0].tolist())  # copies of its pixels, no interpolation
+    assert np.array_equal(array[:, :, 0], np.tile(row, (256, 1)))
+
+
+def test_jpeg_dct_scaling_stays_within_two_levels_of_a_full_decode() -> None:
+    # A 3000 px JPEG decodes at half size (still >= 3 x 384 per side): nearly the same pixels, cheaper.
+    image = gradient(3000, 2000).filter(ImageFilter.GaussianBlur(4))
+    content = encode(image, "JPEG", quality=90)
+    drafted = decode_and_resize(content).astype(int)
+    full = preprocessing.resize_to_model_input(Image.open(io.BytesIO(content)).convert("RGB")).astype(int)
+    assert np.abs(drafted - full).max() <= 2
 
 
 def test_exif_orientation_is_applied() -> None:

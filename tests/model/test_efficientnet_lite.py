@@ -1,4 +1,4 @@
-"""EfficientNet-Lite0 with the converted ImageNet weights classifies real ImageNet images.
+"""EfficientNet-Lite0/1/2 with the converted ImageNet weights classify real ImageNet images.
 
 Top-1 accuracy on the ~995 `imagenet-sample` images of the shared data set is the
 end-to-end check of the conversion: a wrong kernel layout, BatchNorm order or padding
@@ -32,7 +32,7 @@ def imagenet_model() -> keras.Model:
 
 
 def load_imagenet_sample() -> tuple[np.ndarray, np.ndarray]:
-    """uint8 [N, 224, 224, 3] images (shared decode-and-resize) and their ImageNet class indices."""
+    """uint8 canonical images (shared decode-and-resize) and their ImageNet class indices."""
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data set not found at {SHARED_DATA}")
     with (SHARED_DATA / "manifest.csv").open(newline="") as manifest_file:
@@ -57,18 +57,27 @@ def predict_logits(model: keras.Model, pixels: np.ndarray) -> np.ndarray:
     return np.concatenate(batches)
 
 
-def test_imagenet_top1_accuracy(imagenet_model: keras.Model) -> None:
-    pixels, class_indices = load_imagenet_sample()
+@pytest.fixture(scope="module")
+def imagenet_sample() -> tuple[np.ndarray, np.ndarray]:
+    return load_imagenet_sample()
+
+
+@pytest.mark.parametrize("variant", sorted(efficientnet_lite.VARIANTS))
+def test_imagenet_top1_accuracy(variant: str, imagenet_sample: tuple[np.ndarray, np.ndarray]) -> None:
+    pixels, class_indices = imagenet_sample
+    model = efficientnet_lite.build_efficientnet_lite(
+        variant, include_top=True, weights="imagenet", input_shape=pixels.shape[1:]
+    )
 
     started = time.perf_counter()
-    logits = predict_logits(imagenet_model, pixels)
+    logits = predict_logits(model, pixels)
     elapsed_seconds = time.perf_counter() - started
 
     top5_predictions = np.argsort(-logits, axis=1)[:, :5]
     top1_accuracy = float(np.mean(top5_predictions[:, 0] == class_indices))
     top5_accuracy = float(np.mean(np.any(top5_predictions == class_indices[:, None], axis=1)))
     print(
-        f"EfficientNet-Lite0 on {len(pixels)} ImageNet images: top-1 {top1_accuracy:.4f}, "
+        f"{variant} on {len(pixels)} ImageNet images: top-1 {top1_accuracy:.4f}, "
         f"top-5 {top5_accuracy:.4f}, inference {elapsed_seconds:.1f} s"
     )
     assert logits.shape == (len(pixels), efficientnet_lite.IMAGENET_CLASS_COUNT)
@@ -78,7 +87,7 @@ def test_imagenet_top1_accuracy(imagenet_model: keras.Model) -> None:
 def test_feature_extractor_outputs_head_feature_map() -> None:
     model = efficientnet_lite.build_efficientnet_lite0(include_top=False, weights="imagenet")
 
-    assert model.output_shape == (None, 7, 7, efficientnet_lite.HEAD_CHANNELS)
+    assert model.output_shape == (None, 7, 7, efficientnet_lite.HEAD_CHANNELS)  # 224 input by default
     assert model.get_layer("blocks_3_1_dw_conv").kernel.shape == (3, 3, 480, 1)
     assert not any(layer.name.startswith(efficientnet_lite.TOP_LAYER_PREFIX) for layer in model.layers)
 
@@ -122,3 +131,31 @@ def test_keras_weights_file_round_trip(imagenet_model: keras.Model, tmp_path: Pa
 
     for original, restored in zip(imagenet_model.weights, reloaded.weights, strict=True):
         np.testing.assert_array_equal(original.numpy(), restored.numpy())
+
+
+@pytest.mark.parametrize(
+    ("variant", "block_count", "last_stage_channels"),
+    [("efficientnet_lite1", 21, 320), ("efficientnet_lite2", 21, 352)],
+)
+def test_larger_variants_use_every_checkpoint_tensor(
+    variant: str, block_count: int, last_stage_channels: int
+) -> None:
+    # assign_state_dict refuses unused or mis-shaped tensors, so building with weights checks the layout.
+    model = efficientnet_lite.build_efficientnet_lite(variant, include_top=True, weights="imagenet")
+
+    blocks = {
+        "_".join(layer.name.split("_")[:3]) for layer in model.layers if layer.name.startswith("blocks_")
+    }
+    assert len(blocks) == block_count
+    assert model.get_layer("head_conv").kernel.shape == (
+        1,
+        1,
+        last_stage_channels,
+        efficientnet_lite.HEAD_CHANNELS,
+    )
+    top_two = [layer.name for layer in efficientnet_lite.layers_of_top_blocks(model, 2)]
+    assert {"_".join(name.split("_")[:3]) for name in top_two if name.startswith("blocks_")} == {
+        "blocks_5_4",
+        "blocks_6_0",
+    }
+    assert "head_conv" in top_two
