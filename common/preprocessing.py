@@ -194,10 +194,18 @@ def dataset_size(width: int, height: int, max_side: int = DATASET_MAX_SIDE) -> t
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
+# Pillow first reduces by an integer factor (box filter) while the image stays this many times the
+# target size, then applies Lanczos: identical pixels on every upload of ../shared/data/uploads
+# (measured 2026-12-01), and a 7000 px image is done in a fraction of the time and memory-time.
+REDUCING_GAP = 3.0
+
+
 def normalize_like_dataset(image: Image.Image) -> Image.Image:
     """An RGB image scaled as the data set's images were: longest side at most 384, Lanczos."""
     size = dataset_size(*image.size)
-    return image if size == image.size else image.resize(size, resample=Image.Resampling.LANCZOS)
+    if size == image.size:
+        return image
+    return image.resize(size, resample=Image.Resampling.LANCZOS, reducing_gap=REDUCING_GAP)
 
 
 def centre_window(pixels: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:

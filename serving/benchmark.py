@@ -41,7 +41,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from common import model_config, signatures
-from common.preprocessing import ImageInputError, decode_and_resize
+from common.preprocessing import IMAGE_SIZE, ImageInputError, decode_and_resize
 from serving.runtime import ndarray_to_tensor_proto
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -80,7 +80,7 @@ def load_images(count: int) -> np.ndarray:
                 continue
     if not images:
         rng = np.random.default_rng(0)
-        return rng.integers(0, 256, size=(count, 224, 224, 3), dtype=np.uint8)
+        return rng.integers(0, 256, size=(count, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     while len(images) < count:
         images.extend(images[: count - len(images)])
     return np.stack(images)
@@ -255,7 +255,8 @@ def render_report(
         f"machine: {machine_description()}.",
         f"Model: `{arguments.model_version_dir}` ({card.get('backbone', 'unknown backbone')}).",
         f"Each client sends {arguments.requests_per_client} single-image gRPC Predict requests (uint8",
-        "224x224x3, `serving_default`) one after another, after one warm-up request per client.",
+        f"{IMAGE_SIZE}x{IMAGE_SIZE}x3, `serving_default`) one after another, after one warm-up request "
+        "per client.",
         "Client threads run on the same machine as the server and share its cores.",
         "",
         "## Raw SavedModel, in process (measured first, same run)",

@@ -151,7 +151,7 @@ def run_all(runtime: Runtime, images: np.ndarray, batch_size: int = 32) -> dict[
 def read_split_images(
     data_dir: Path, splits: Sequence[str], limit: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 [N, 224, 224, 3] and 0/1 labels (1 = AI) of the manifest rows in `splits`.
+    """uint8 [N, 256, 256, 3] and 0/1 labels (1 = AI) of the manifest rows in `splits`.
 
     With `limit`, a seeded random sample of that many rows (for calibration).
     """

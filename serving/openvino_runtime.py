@@ -28,6 +28,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from common import signatures
+from common.preprocessing import IMAGE_SIZE
 from serving.errors import FailedPreconditionError, InternalError, InvalidArgumentError
 from serving.runtime import SignatureSpec, read_signatures
 
@@ -45,7 +46,8 @@ class OpenVINORuntime:
 
     `precision`: "f32" (the default: the only one within the tolerance of
     docs/runtime-comparison.md on the trained model), "bf16" (needs a CPU with BF16 support), or
-    "int8" (needs `calibration_images`, uint8 [N, 224, 224, 3], a few hundred training images).
+    "int8" (needs `calibration_images`, uint8 canonical images [N, 256, 256, 3], a few hundred
+    training images).
     `performance_hint`: "THROUGHPUT" (one OpenVINO stream per core; one batch is split across the
     streams) or "LATENCY" (one stream using every core).
     `infer_requests`: size of the request pool; default OpenVINO's optimal number for the hint.
@@ -67,7 +69,9 @@ class OpenVINORuntime:
         if performance_hint not in PERFORMANCE_HINTS:
             raise ValueError(f"performance_hint must be one of {PERFORMANCE_HINTS}, got {performance_hint!r}")
         if precision == "int8" and calibration_images is None:
-            raise ValueError("precision int8 needs calibration_images (uint8 [N, 224, 224, 3])")
+            raise ValueError(
+                f"precision int8 needs calibration_images (uint8 [N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3])"
+            )
         self.version_path = Path(version_path)
         self.precision = precision
         self.performance_hint = performance_hint
@@ -144,9 +148,9 @@ class OpenVINORuntime:
 
     def _run_openvino(self, images: np.ndarray) -> dict[str, np.ndarray]:
         images = np.asarray(images)
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (224, 224, 3):
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
             raise InvalidArgumentError(
-                f"input {signatures.IMAGE_INPUT!r} must be uint8 [N, 224, 224, 3], "
+                f"input {signatures.IMAGE_INPUT!r} must be uint8 [N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3], "
                 f"got {images.dtype} {list(images.shape)}"
             )
         if len(images) == 0:
@@ -206,7 +210,8 @@ def quantize(model: Any, calibration_images: np.ndarray) -> Any:
     images = np.asarray(calibration_images)
     if images.dtype != np.uint8 or images.ndim != 4 or len(images) == 0:
         raise ValueError(
-            f"calibration_images must be uint8 [N, 224, 224, 3], got {images.dtype} {images.shape}"
+            f"calibration_images must be uint8 [N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3], "
+            f"got {images.dtype} {images.shape}"
         )
     items = [images[index : index + 1] for index in range(len(images))]
     return nncf.quantize(

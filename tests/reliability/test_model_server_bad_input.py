@@ -35,6 +35,7 @@ from tensorflow_serving.apis import (
 )
 
 from common import signatures
+from common.preprocessing import IMAGE_SIZE
 from tests.gateway import images
 from tests.gateway.tiny_model_score import expected_score
 from tests.reliability.conftest import FuzzSettings
@@ -51,7 +52,7 @@ PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED
 CLIENT_ERRORS = frozenset({INVALID, NOT_FOUND, PRECONDITION, EXHAUSTED, UNIMPLEMENTED})
-IMAGE_SHAPE = (224, 224, 3)
+IMAGE_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 3)
 MAX_BATCH_SIZE = 16  # serving/batching.cpu.config, which the stack runs with
 
 
@@ -63,7 +64,9 @@ def tensor(dtype: int, shape: tuple[int, ...], content: bytes = b"", **values: A
 
 
 def images_tensor(count: int, value: int = 128) -> tensor_pb2.TensorProto:
-    return tensor(types_pb2.DT_UINT8, (count, *IMAGE_SHAPE), bytes([value]) * (count * 224 * 224 * 3))
+    return tensor(
+        types_pb2.DT_UINT8, (count, *IMAGE_SHAPE), bytes([value]) * (count * IMAGE_SIZE * IMAGE_SIZE * 3)
+    )
 
 
 def strings_tensor(items: list[bytes], shape: tuple[int, ...] | None = None) -> tensor_pb2.TensorProto:
@@ -127,8 +130,9 @@ def grpc_cases() -> dict[str, tuple[Callable[[Client], object], frozenset[grpc.S
         request = predict_request({image: tensor(dtype, (1, *IMAGE_SHAPE))})
         cases[f"image-as-{name}"] = (predict(request), only(INVALID))
     bad_shapes = [
-        (), (224,), IMAGE_SHAPE, (1, 224, 224), (1, 224, 224, 3, 1), (1, 224, 224, 4), (1, 224, 224, 1),
-        (1, 223, 224, 3), (1, 224, 225, 3), (1, 1, 1, 3), (2**40, 224, 224, 3), (2**62, 2**62),
+        (), (IMAGE_SIZE,), IMAGE_SHAPE, (1, IMAGE_SIZE, IMAGE_SIZE), (1, *IMAGE_SHAPE, 1),
+        (1, IMAGE_SIZE, IMAGE_SIZE, 4), (1, IMAGE_SIZE, IMAGE_SIZE, 1), (1, IMAGE_SIZE - 1, IMAGE_SIZE, 3),
+        (1, IMAGE_SIZE, IMAGE_SIZE + 1, 3), (1, 1, 1, 3), (2**40, *IMAGE_SHAPE), (2**62, 2**62),
         (3000, 224, 224, 3), (1, 2**31, 224, 3),
     ]  # fmt: skip
     for shape in bad_shapes:
@@ -437,7 +441,7 @@ def rest_cases() -> dict[str, tuple[str, bytes, frozenset[int]]]:
     predict = f"/v1/models/{MODEL_NAME}:predict"
     png = base64.b64encode(images.solid(90)).decode()
     bomb = base64.b64encode(bomb_files()["png-header-100000x100000"]).decode()
-    row = [[[0, 0, 0]] * 224] * 224
+    row = [[[0, 0, 0]] * IMAGE_SIZE] * IMAGE_SIZE
 
     def document(value: object) -> bytes:
         return json.dumps(value).encode()

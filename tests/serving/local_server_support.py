@@ -81,14 +81,11 @@ def build_tiny_saved_model(
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=signatures.BYTES_INPUT)])
         def serve_image_bytes(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
             def decode(one: tf.Tensor) -> tf.Tensor:
+                # The project's canonical normalization in the graph (alpha is dropped, not composited).
+                from export.graph import canonical_window
+
                 image = tf.io.decode_image(one, channels=3, expand_animations=False)
-                height, width = tf.shape(image)[0], tf.shape(image)[1]
-                side = tf.minimum(height, width)
-                image = tf.image.crop_to_bounding_box(
-                    image, (height - side) // 2, (width - side) // 2, side, side
-                )
-                resized = tf.image.resize(image, [IMAGE_SIZE, IMAGE_SIZE], antialias=True)
-                return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+                return canonical_window(tf.cast(image, tf.float32))
 
             images = tf.map_fn(
                 decode, image_bytes, fn_output_signature=tf.TensorSpec([IMAGE_SIZE, IMAGE_SIZE, 3], tf.uint8)

@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import get_model_metadata_pb2, model_management_pb2
 
 from common import model_config, signatures
-from common.preprocessing import decode_and_resize
+from common.preprocessing import IMAGE_SIZE, decode_and_resize
 from tests.serving.local_server_support import (
     MODEL_NAME,
     SHARED,
@@ -201,7 +201,7 @@ def test_metadata_returns_the_signature_defs(client: Client) -> None:
     assert serving.method_name == "tensorflow/serving/predict"
     image = serving.inputs[signatures.IMAGE_INPUT]
     assert image.dtype == 4  # DT_UINT8
-    assert [dim.size for dim in image.tensor_shape.dim] == [-1, 224, 224, 3]
+    assert [dim.size for dim in image.tensor_shape.dim] == [-1, IMAGE_SIZE, IMAGE_SIZE, 3]
     assert set(serving.outputs) == {
         signatures.OUTPUT_PROBABILITY,
         signatures.OUTPUT_LOGIT,
@@ -312,10 +312,13 @@ def test_predict_errors_for_what_does_not_exist(
 @pytest.mark.parametrize(
     ("inputs", "message_start"),
     [
-        ({signatures.IMAGE_INPUT: np.zeros((1, 224, 224, 3), np.float32)}, "input image must be DT_UINT8"),
+        (
+            {signatures.IMAGE_INPUT: np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3), np.float32)},
+            "input image must be DT_UINT8",
+        ),
         ({signatures.IMAGE_INPUT: np.zeros((1, 10, 10, 3), np.uint8)}, "input image has shape [1,10,10,3]"),
         (
-            {"picture": np.zeros((1, 224, 224, 3), np.uint8)},
+            {"picture": np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)},
             "input tensor alias not found in signature: picture",
         ),
         ({}, "input size does not match signature: 0!=1"),

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from common import signatures
+from common.preprocessing import IMAGE_SIZE
 from serving.benchmark_runtimes import TOLERANCE, agreement, read_split_images, run_all
 from serving.errors import InvalidArgumentError
 
@@ -222,11 +223,13 @@ def test_concurrent_calls_get_their_own_results(
 def test_bad_input_is_an_invalid_argument(runtime: Any) -> None:
     with pytest.raises(InvalidArgumentError):
         runtime.run(
-            signatures.SERVING_SIGNATURE, {signatures.IMAGE_INPUT: np.zeros((1, 224, 224, 3), np.float32)}
+            signatures.SERVING_SIGNATURE,
+            {signatures.IMAGE_INPUT: np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3), np.float32)},
         )
     with pytest.raises(InvalidArgumentError):
         runtime.run(
-            signatures.SERVING_SIGNATURE, {signatures.IMAGE_INPUT: np.zeros((1, 100, 224, 3), np.uint8)}
+            signatures.SERVING_SIGNATURE,
+            {signatures.IMAGE_INPUT: np.zeros((1, 100, IMAGE_SIZE, 3), np.uint8)},
         )
     with pytest.raises(InvalidArgumentError):
         runtime.run(
@@ -236,7 +239,8 @@ def test_bad_input_is_an_invalid_argument(runtime: Any) -> None:
 
 def test_an_empty_batch_gives_empty_outputs(runtime: Any) -> None:
     outputs = runtime.run(
-        signatures.SERVING_SIGNATURE, {signatures.IMAGE_INPUT: np.zeros((0, 224, 224, 3), np.uint8)}
+        signatures.SERVING_SIGNATURE,
+        {signatures.IMAGE_INPUT: np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)},
     )
     assert {name: output.shape for name, output in outputs.items()} == {
         name: (0,) for name in runtime.signatures()[signatures.SERVING_SIGNATURE].outputs

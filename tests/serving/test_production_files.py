@@ -256,13 +256,19 @@ def test_health_check_asks_for_the_configured_model_and_label(variant: str) -> N
 # --- the config files parse with TF Serving's messages ------------------------------------------
 
 
-def test_models_config_serves_version_1_labelled_stable() -> None:
+def test_models_config_serves_the_newest_committed_version_labelled_stable() -> None:
     config = model_config.load(SERVING / "models.config")
     assert [entry.name for entry in config.model_config_list.config] == [model_config.DEFAULT_MODEL_NAME]
     entry = model_config.model(config)
     assert entry.model_platform == "tensorflow"
-    assert model_config.served_versions(config) == [1]
-    assert dict(entry.version_labels) == {model_config.STABLE_LABEL: 1}
+    committed = sorted(
+        int(folder.name)
+        for folder in (SERVING.parent / "models" / model_config.DEFAULT_MODEL_NAME).iterdir()
+        if folder.name.isdigit() and (folder / "saved_model.pb").is_file()
+    )
+    assert committed, "no committed model version"
+    assert model_config.served_versions(config) == [committed[-1]]
+    assert dict(entry.version_labels) == {model_config.STABLE_LABEL: committed[-1]}
 
 
 def test_models_config_is_in_the_form_the_config_tools_write() -> None:
