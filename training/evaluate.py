@@ -29,7 +29,7 @@ ECE_BINS = 15
 Perturbation = Callable[[Image.Image], Image.Image]
 
 
-def _jpeg(quality: int) -> Perturbation:
+def jpeg(quality: int) -> Perturbation:
     def perturb(image: Image.Image) -> Image.Image:
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=quality)
@@ -38,7 +38,7 @@ def _jpeg(quality: int) -> Perturbation:
     return perturb
 
 
-def _downscale(factor: float) -> Perturbation:
+def downscale(factor: float) -> Perturbation:
     def perturb(image: Image.Image) -> Image.Image:
         width, height = image.size
         size = (max(1, round(width * factor)), max(1, round(height * factor)))
@@ -47,7 +47,7 @@ def _downscale(factor: float) -> Perturbation:
     return perturb
 
 
-def _blur(sigma: float) -> Perturbation:
+def blur(sigma: float) -> Perturbation:
     def perturb(image: Image.Image) -> Image.Image:
         return image.filter(ImageFilter.GaussianBlur(radius=sigma))
 
@@ -56,11 +56,11 @@ def _blur(sigma: float) -> Perturbation:
 
 ROBUSTNESS_PERTURBATIONS: dict[str, Perturbation | None] = {
     "clean": None,
-    "jpeg_q90": _jpeg(90),
-    "jpeg_q75": _jpeg(75),
-    "jpeg_q50": _jpeg(50),
-    "downscale_x0.5": _downscale(0.5),
-    "gaussian_blur_sigma1.5": _blur(1.5),
+    "jpeg_q90": jpeg(90),
+    "jpeg_q75": jpeg(75),
+    "jpeg_q50": jpeg(50),
+    "downscale_x0.5": downscale(0.5),
+    "gaussian_blur_sigma1.5": blur(1.5),
 }
 
 

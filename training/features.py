@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -33,15 +32,15 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
-from PIL import Image, ImageFilter
+from PIL import Image
 
 from common import preprocessing
+from training import evaluate
 from training.data import Example
 
 logger = logging.getLogger("training.features")
 
 VIEWS = ("clean", "flip", "jpeg", "rescale", "blur", "legacy224")
-TRAINING_AUGMENTATION_VIEWS = ("flip", "jpeg", "rescale", "blur")
 BATCH_SIZE = 32
 LEGACY_SIZE = 224
 FOLD_FROM_IMAGES = 500
@@ -86,12 +85,6 @@ def _rng_for(example: Example, view: str) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def _jpeg(image: Image.Image, quality: int) -> Image.Image:
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=quality)
-    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
-
-
 def legacy_square_224(image: Image.Image) -> np.ndarray:
     """The starter model's preprocessing (centre square, bilinear 224): for today's recipe only."""
     side = min(image.size)
@@ -106,14 +99,13 @@ def view_pixels(example: Example, view: str) -> np.ndarray:
     if view == "legacy224":
         return legacy_square_224(image)
     rng = _rng_for(example, view)
+    # The robustness evaluation's perturbations (training.evaluate), at random strengths.
     if view == "jpeg":
-        image = _jpeg(image, int(rng.integers(60, 96)))
+        image = evaluate.jpeg(int(rng.integers(60, 96)))(image)
     elif view == "rescale":
-        factor = float(rng.uniform(0.5, 0.9))
-        size = (max(1, round(image.size[0] * factor)), max(1, round(image.size[1] * factor)))
-        image = image.resize(size, Image.Resampling.BICUBIC)
+        image = evaluate.downscale(float(rng.uniform(0.5, 0.9)))(image)
     elif view == "blur":
-        image = image.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.3, 1.5))))
+        image = evaluate.blur(float(rng.uniform(0.3, 1.5)))(image)
     elif view not in ("clean", "flip"):
         raise ValueError(f"unknown view {view!r}; known: {VIEWS}")
     pixels = preprocessing.resize_to_model_input(image)
@@ -126,12 +118,9 @@ def build_extractor(backbone: str) -> object:
 
     from training import models
 
-    spec = models.backbone_spec(backbone)
-    if spec.normalization != "lite":
-        raise ValueError(f"feature taps are defined for the EfficientNet-Lite backbones, not {backbone}")
-    base = models.build_tapped_base(backbone, "imagenet")
+    base = models.build_tapped_base(backbone, "imagenet")  # refuses backbones without taps
     images = keras.Input(shape=(None, None, 3), dtype="uint8")
-    normalized = models.BackboneNormalization(spec.normalization)(images)
+    normalized = models.BackboneNormalization(models.backbone_spec(backbone).normalization)(images)
     return keras.Model(images, models.ChannelStatistics()(base(normalized, training=False)))
 
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +23,7 @@ from typing import Annotated, Any
 import typer
 
 from training.data import (
+    Example,
     by_split,
     data_report,
     dataset_fingerprint,
@@ -71,10 +74,27 @@ def code_version() -> str:
     return commit + ("-dirty" if dirty else "")
 
 
+def run_provenance(examples: Sequence[Example]) -> dict[str, Any]:
+    """What a run's config.json records about its data, code, library versions and machine."""
+    import keras
+    import tensorflow as tf
+
+    return {
+        "data_fingerprint": dataset_fingerprint(examples),
+        "code_version": code_version(),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "versions": {
+            "python": platform.python_version(),
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+        },
+        "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
+    }
+
+
 def train(config: TrainingConfig, output: Path) -> dict[str, Any]:
     """Train, checkpoint the best epoch, optionally fine-tune, evaluate. Returns the evaluation report."""
     import keras
-    import tensorflow as tf
 
     from training import evaluate, models
     from training.pipeline import make_dataset
@@ -99,18 +119,7 @@ def train(config: TrainingConfig, output: Path) -> dict[str, Any]:
     )
     validation_data = make_dataset(validation_examples, training=False, batch_size=config.batch_size)
 
-    run_info = {
-        **asdict(config),
-        "data_fingerprint": dataset_fingerprint(examples),
-        "code_version": code_version(),
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "versions": {
-            "python": platform.python_version(),
-            "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-        },
-        "machine": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores",
-    }
+    run_info = {**asdict(config), **run_provenance(examples)}
     (output / "config.json").write_text(json.dumps(run_info, indent=2) + "\n")
 
     model = models.build_classifier(config.backbone, config.weights, train_base=config.train_base)
@@ -226,15 +235,7 @@ def train_recipe(recipe_name: str, data: Path, output: Path, cache: Path) -> dic
         "recipe": recipe.to_dict(),
         "head_fit_seconds": round(time.monotonic() - started, 1),
         "logit_check": {"images": len(check), "max_abs_difference": largest_difference},
-        "data_fingerprint": dataset_fingerprint(examples),
-        "code_version": code_version(),
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "versions": {
-            "python": platform.python_version(),
-            "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-        },
-        "machine": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores",
+        **run_provenance(examples),
         "epochs_run": 0,
     }
     (output / "config.json").write_text(json.dumps(run_info, indent=2) + "\n")
