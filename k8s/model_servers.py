@@ -97,7 +97,15 @@ class ModelServer:
         """HandleReloadConfigRequest: the server switches to `config` now instead of at its next poll."""
         request = model_management_pb2.ReloadConfigRequest()
         request.config.CopyFrom(config)
-        response = self._model_service.HandleReloadConfigRequest(request, timeout=self.timeout_seconds)
+        try:
+            response = self._model_service.HandleReloadConfigRequest(request, timeout=self.timeout_seconds)
+        except grpc.RpcError as error:
+            if error.code() == grpc.StatusCode.PERMISSION_DENIED:
+                raise ModelServerError(
+                    f"{self.address} does not take configs over gRPC ({error.details()}): "
+                    "use --reload poll, or start the model server with --enable_reload_config_rpc"
+                ) from error
+            raise
         if response.status.error_code != 0:
             raise ModelServerError(
                 f"{self.address} refused the new models.config: {response.status.error_message}"

@@ -177,12 +177,14 @@ class ConfigStore:
             )
 
     def apply(self, config: model_config.ModelServerConfig, servers: Sequence[ModelServer]) -> None:
-        if self.reload is ReloadMode.grpc:
-            for server in servers:
-                server.reload_config(config)
+        """The file first: model servers re-apply their config file on every poll, so a config
+        pushed over gRPC that the file does not hold yet would be taken back by the next poll."""
         model_config.save(config, self.path)
         if self.kubectl is not None:
             self.kubectl.patch_configmap(self.configmap, MODELS_CONFIG_KEY, model_config.dumps(config))
+        if self.reload is ReloadMode.grpc:
+            for server in servers:
+                server.reload_config(config)
 
 
 # -- gateway traffic --------------------------------------------------------------------------

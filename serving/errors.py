@@ -43,6 +43,10 @@ class FailedPreconditionError(ServingError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class PermissionDeniedError(ServingError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class UnavailableError(ServingError):
     code = grpc.StatusCode.UNAVAILABLE
 

@@ -1,7 +1,8 @@
 """TF Serving's gRPC API over the model manager, with tensorflow-serving-api's own protos.
 
 PredictionService: Predict and GetModelMetadata (Classify, Regress and MultiInference answer
-UNIMPLEMENTED). ModelService: GetModelStatus and HandleReloadConfigRequest. grpc.health.v1:
+UNIMPLEMENTED). ModelService: GetModelStatus and HandleReloadConfigRequest (PERMISSION_DENIED
+unless the server was started with --enable_reload_config_rpc). grpc.health.v1:
 SERVING once every configured model has an AVAILABLE version, NOT_SERVING before that and
 while shutting down. Errors abort the call with the ServingError's status code and message.
 
@@ -17,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
@@ -28,7 +30,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from serving.errors import InvalidArgumentError, ServingError
+from serving.errors import InvalidArgumentError, PermissionDeniedError, ServingError
 from serving.metrics import ServerMetrics
 from serving.model_manager import ModelManager
 from serving.runtime import ndarray_to_tensor_proto, tensor_proto_to_ndarray
@@ -154,8 +156,9 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, manager: ModelManager) -> None:
+    def __init__(self, manager: ModelManager, *, allow_reload: bool = False) -> None:
         self._manager = manager
+        self._allow_reload = allow_reload
 
     def GetModelStatus(  # noqa: N802
         self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.ServicerContext
@@ -171,6 +174,13 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         self, request: model_management_pb2.ReloadConfigRequest, context: grpc.ServicerContext
     ) -> Any:
         try:
+            if not self._allow_reload:
+                # Loading a SavedModel runs its graph: changing models is the operator's (the
+                # config file's) business unless the server was started to take it over RPC.
+                raise PermissionDeniedError(
+                    "HandleReloadConfigRequest is disabled on this server: change the model config "
+                    "file instead, or start the server with --enable_reload_config_rpc"
+                )
             self._manager.apply_config(request.config)
         except ServingError as error:
             logger.error("ReloadConfig failed: %s", error.message)
@@ -204,6 +214,49 @@ class HealthReporter:
         self.servicer.enter_graceful_shutdown()
 
 
+def _ssl_config_class() -> Any:
+    """TF Serving's SSLConfig message (tensorflow_serving/config/ssl_config.proto), which the
+    tensorflow-serving-api wheel does not ship: the same four fields, built with protobuf."""
+    file_proto = descriptor_pb2.FileDescriptorProto(
+        name="aidetect/tensorflow_serving_ssl_config.proto", package="tensorflow.serving", syntax="proto3"
+    )
+    message = file_proto.message_type.add(name="SSLConfig")
+    for number, (name, kind) in enumerate(
+        [
+            ("server_key", descriptor_pb2.FieldDescriptorProto.TYPE_STRING),
+            ("server_cert", descriptor_pb2.FieldDescriptorProto.TYPE_STRING),
+            ("custom_ca", descriptor_pb2.FieldDescriptorProto.TYPE_STRING),
+            ("client_verify", descriptor_pb2.FieldDescriptorProto.TYPE_BOOL),
+        ],
+        start=1,
+    ):
+        message.field.add(
+            name=name, number=number, type=kind, label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL
+        )
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file_proto)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.serving.SSLConfig"))
+
+
+def server_credentials(ssl_config_text: str) -> grpc.ServerCredentials:
+    """gRPC server credentials from an SSLConfig text proto, as TF Serving builds them: the PEM
+    key and certificate; `custom_ca` the roots that client certificates must chain to; with
+    `client_verify` a client without a valid certificate is refused (mutual TLS)."""
+    try:
+        config = text_format.Parse(ssl_config_text, _ssl_config_class()())
+    except text_format.ParseError as error:
+        raise ValueError(f"the SSL config is not an SSLConfig text proto: {error}") from error
+    if not config.server_key or not config.server_cert:
+        raise ValueError("the SSL config needs server_key and server_cert (PEM text)")
+    if config.client_verify and not config.custom_ca:
+        raise ValueError("client_verify needs custom_ca: the roots that client certificates must chain to")
+    return grpc.ssl_server_credentials(
+        [(config.server_key.encode(), config.server_cert.encode())],
+        root_certificates=config.custom_ca.encode() or None,
+        require_client_auth=config.client_verify,
+    )
+
+
 def create_grpc_server(
     manager: ModelManager,
     metrics: ServerMetrics,
@@ -213,8 +266,11 @@ def create_grpc_server(
     max_message_bytes: int,
     max_threads: int,
     as_tensor_content: bool = False,
+    allow_reload: bool = False,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> grpc.Server:
-    """A started-later gRPC server bound to `address` (raises RuntimeError when the port is taken)."""
+    """A started-later gRPC server bound to `address` (raises RuntimeError when the port is taken);
+    TLS when `credentials` are given."""
     server = grpc.server(
         ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="grpc"),
         options=[
@@ -231,8 +287,15 @@ def create_grpc_server(
         ),
         server,
     )
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(manager), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(
+        ModelServicer(manager, allow_reload=allow_reload), server
+    )
     health_pb2_grpc.add_HealthServicer_to_server(health_reporter.servicer, server)
-    if server.add_insecure_port(address) == 0:
+    bound = (
+        server.add_secure_port(address, credentials)
+        if credentials is not None
+        else server.add_insecure_port(address)
+    )
+    if bound == 0:
         raise RuntimeError(f"could not bind the gRPC server to {address}")
     return server

@@ -113,10 +113,24 @@ def parse_prefix_map(text: str) -> list[tuple[str, Path]]:
 
 
 def map_base_path(base_path: str, prefix_map: Sequence[tuple[str, Path]]) -> Path:
+    """The local folder of a config's base path.
+
+    Without a prefix map, the path as given (TF Serving's behaviour). With one, only paths under
+    a mapped prefix are served, and they must stay inside its folder after `..` and symbolic links
+    are resolved: a config (from a file or HandleReloadConfigRequest) cannot point the server at
+    any other folder, since loading a SavedModel runs its graph."""
+    if not prefix_map:
+        return Path(base_path)
     for prefix, local in prefix_map:
         if base_path == prefix or base_path.startswith(prefix.rstrip("/") + "/"):
-            return local / base_path[len(prefix) :].lstrip("/")
-    return Path(base_path)
+            mapped = (local / base_path[len(prefix) :].lstrip("/")).resolve()
+            if mapped == local or mapped.is_relative_to(local):
+                return mapped
+            raise InvalidArgumentError(f"base path {base_path} leaves the folder mapped to {prefix}")
+    roots = ", ".join(prefix for prefix, _ in prefix_map)
+    raise InvalidArgumentError(
+        f"base path {base_path} is outside the mapped roots ({roots}; --model_base_path_prefix_map)"
+    )
 
 
 def versions_on_disk(base_path: Path) -> dict[int, Path]:
@@ -290,13 +304,21 @@ class ModelManager:
         load attempts, then apply the labels (refused with FAILED_PRECONDITION when one points at
         a version that is not AVAILABLE; the rest of the config stays applied, as in TF Serving)."""
         validate_config(config)
+        base_paths = {
+            entry.name: map_base_path(entry.base_path, self._prefix_map)
+            for entry in config.model_config_list.config
+        }
         with self._config_lock:
             added: list[ModelEntry] = []
             with self._condition:
                 models: dict[str, ModelEntry] = {}
                 for entry_config in config.model_config_list.config:
-                    entry = self._models.get(entry_config.name) or self._retiring.pop(entry_config.name, None)
-                    base_path = map_base_path(entry_config.base_path, self._prefix_map)
+                    entry = self._models.get(entry_config.name)
+                    if entry is None and entry_config.name in self._retiring:
+                        # Removed earlier, back now: a new model as far as waiting goes.
+                        entry = self._retiring.pop(entry_config.name)
+                        added.append(entry)
+                    base_path = base_paths[entry_config.name]
                     if entry is None:
                         entry = ModelEntry(name=entry_config.name, config=entry_config, base_path=base_path)
                         added.append(entry)
@@ -311,6 +333,17 @@ class ModelManager:
                         entry.labels = {}
                         self._retiring[name] = entry
                 self._models = models
+                # A re-added model's versions may still be unloading; load them again after.
+                self._condition.wait_for(
+                    lambda: (
+                        self._stop.is_set()
+                        or not any(
+                            servable.state == VersionState.UNLOADING
+                            for entry in added
+                            for servable in entry.versions.values()
+                        )
+                    )
+                )
             self.poll_file_system()
             if wait_for_new_models:
                 self._wait_until_settled(added)
@@ -346,7 +379,8 @@ class ModelManager:
             self._labels_ready = True
 
     def _poll_config_file(self, path: Path, applied_text: str, interval_seconds: float) -> None:
-        """Re-read the config file; apply it when its text changed or the last attempt failed."""
+        """Re-read the config file and apply it on every poll, changed or not, as TF Serving does:
+        the file is the truth, so a config pushed by HandleReloadConfigRequest lasts one poll."""
         last_error: str | None = None
         while not self._stop.wait(interval_seconds):
             try:
@@ -356,8 +390,6 @@ class ModelManager:
                     logger.error("Failed to read ModelServerConfig file %s: %s", path, error)
                 last_error = str(error)
                 continue
-            if text == applied_text and last_error is None:
-                continue
             try:
                 self.apply_config(model_config.parse(text))
             except (model_config.ModelConfigError, ServingError) as error:
@@ -365,7 +397,8 @@ class ModelManager:
                     logger.error("Reloading the model config from %s failed: %s", path, error)
                 last_error = str(error)
             else:
-                logger.info("Applied the model config from %s", path)
+                if text != applied_text or last_error is not None:
+                    logger.info("Applied the model config from %s", path)
                 last_error = None
             applied_text = text
 

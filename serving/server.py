@@ -28,7 +28,7 @@ import uvicorn
 
 from common import model_config
 from serving.batching import BatchingOptions, BatchScheduler
-from serving.grpc_api import HealthReporter, create_grpc_server
+from serving.grpc_api import HealthReporter, create_grpc_server, server_credentials
 from serving.metrics import ServerMetrics, prometheus_path_from_monitoring_config
 from serving.model_manager import ModelManager, parse_prefix_map, validate_config
 from serving.rest_api import create_rest_app
@@ -106,6 +106,9 @@ class ModelServer:
                 if settings.batching_parameters_file
                 else BatchingOptions()
             )
+            credentials = (
+                server_credentials(settings.ssl_config_file.read_text()) if settings.ssl_config_file else None
+            )
             prometheus_path = (
                 prometheus_path_from_monitoring_config(settings.monitoring_config_file.read_text())
                 if settings.monitoring_config_file
@@ -138,6 +141,8 @@ class ModelServer:
                 max_message_bytes=settings.grpc_max_message_bytes,
                 max_threads=settings.grpc_max_threads,
                 as_tensor_content=settings.enable_serialization_as_tensor_content,
+                allow_reload=settings.enable_reload_config_rpc,
+                credentials=credentials,
             )
         except RuntimeError as error:
             raise StartupError(str(error)) from error

@@ -2,8 +2,9 @@
 
 Field names are TF Serving's flag names wherever TF Serving has the setting, so
 `--rest_api_port=8501` and `MODEL_SERVER_REST_API_PORT=8501` mean the same thing. The
-fields without a TF Serving flag are ours: `host`, `model_base_path_prefix_map`, `runtime`,
-`grpc_max_message_bytes`, `shutdown_grace_seconds` and `log_level`.
+fields without a TF Serving flag are ours: `host`, `enable_reload_config_rpc`,
+`model_base_path_prefix_map`, `runtime`, `grpc_max_message_bytes`, `shutdown_grace_seconds` and
+`log_level`.
 """
 
 from __future__ import annotations
@@ -42,9 +43,18 @@ class ServerSettings(BaseSettings):
     grpc_max_threads: int = Field(64, ge=1)
     enable_grpc_healthcheck_service: bool = True
     enable_serialization_as_tensor_content: bool = False
+    ssl_config_file: Path | None = Field(
+        None, description="TF Serving's SSLConfig text proto: TLS for gRPC, mutual with client_verify"
+    )
 
     # Ours.
-    host: str = Field("0.0.0.0", description="address both servers bind (tests use 127.0.0.1)")
+    host: str = Field(
+        "127.0.0.1", description="address both servers bind: loopback unless a deployment says otherwise"
+    )
+    enable_reload_config_rpc: bool = Field(
+        False,
+        description="accept HandleReloadConfigRequest (off: PERMISSION_DENIED; edit the config file instead)",
+    )
     model_base_path_prefix_map: str = Field(
         "",
         description="PREFIX=FOLDER[,...]: read base paths under PREFIX from FOLDER (e.g. /models=./models)",

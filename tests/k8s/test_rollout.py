@@ -61,6 +61,7 @@ def server(workspace: Path) -> Iterator[ServerProcess]:
             # A version that fails to load ends at once (TF Serving retries 5 times a minute apart).
             "--max_num_load_retries=0",
             f"--model_base_path_prefix_map=/models={workspace / 'models'}",
+            "--enable_reload_config_rpc",  # for --reload grpc
         ],
         workspace / "server.log",
     )

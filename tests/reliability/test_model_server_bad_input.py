@@ -51,6 +51,7 @@ NOT_FOUND = grpc.StatusCode.NOT_FOUND
 PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED
+DENIED = grpc.StatusCode.PERMISSION_DENIED
 CLIENT_ERRORS = frozenset({INVALID, NOT_FOUND, PRECONDITION, EXHAUSTED, UNIMPLEMENTED})
 IMAGE_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 3)
 MAX_BATCH_SIZE = 16  # serving/batching.cpu.config, which the stack runs with
@@ -303,7 +304,7 @@ def grpc_cases() -> dict[str, tuple[Callable[[Client], object], frozenset[grpc.S
                 ),
                 timeout=10,
             ),
-            only(INVALID),
+            only(DENIED),
         ),
         "reload-without-base-path": (
             lambda c: c.models.HandleReloadConfigRequest(
@@ -312,13 +313,30 @@ def grpc_cases() -> dict[str, tuple[Callable[[Client], object], frozenset[grpc.S
                 ),
                 timeout=10,
             ),
-            only(INVALID),
+            only(DENIED),
+        ),
+        # `make run`'s model server keeps HandleReloadConfigRequest off: every reload is refused,
+        # valid or not (tests/serving/test_local_server.py checks configs with it on).
+        "reload-unloading-everything": (
+            lambda c: c.models.HandleReloadConfigRequest(
+                model_management_pb2.ReloadConfigRequest(config={"model_config_list": {}}), timeout=10
+            ),
+            only(DENIED),
+        ),
+        "reload-from-etc": (
+            lambda c: c.models.HandleReloadConfigRequest(
+                model_management_pb2.ReloadConfigRequest(
+                    config={"model_config_list": {"config": [{"name": "ai_detector", "base_path": "/etc"}]}}
+                ),
+                timeout=10,
+            ),
+            only(DENIED),
         ),
         "reload-custom-config": (
             lambda c: c.models.HandleReloadConfigRequest(
                 model_management_pb2.ReloadConfigRequest(config={"custom_model_config": {}}), timeout=10
             ),
-            only(INVALID),
+            only(DENIED),
         ),
     }
     for name, data in bombs.items():

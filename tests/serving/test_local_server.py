@@ -1,8 +1,10 @@
 """Conformance of the local model server with TF Serving's documented API, on loopback.
 
-Two real server processes serve real tiny SavedModels (tests/serving/local_server_support.py):
-`server` (no batching; models `ai_detector` with labels and `hot_model` for hot loading) and
-`batching_server` (batching on, stopped with SIGTERM by the last test). Tests run in file
+Three real server processes serve real tiny SavedModels (tests/serving/local_server_support.py):
+`server` (no batching; models `ai_detector` with labels and `hot_model` for hot loading; its
+config file polled every second), `reload_server` (the same config, not polled, configs pushed
+over HandleReloadConfigRequest) and `batching_server` (batching on, HandleReloadConfigRequest off
+as by default, stopped with SIGTERM by the last test). Tests run in file
 order and some change what the servers serve; each says what state it leaves.
 """
 
@@ -79,7 +81,7 @@ def _main_config() -> str:
 
 @pytest.fixture(scope="module")
 def servers(tiny_models: dict[int, Path], workspace: Path) -> Iterator[dict[str, ServerProcess]]:
-    """Both servers, started together so their start-up overlaps."""
+    """All servers, started together so their start-ups overlap."""
     models = workspace / "models"
     for version in BIAS:
         copy_version(tiny_models[version], models / MODEL_NAME, version)
@@ -99,6 +101,7 @@ def servers(tiny_models: dict[int, Path], workspace: Path) -> Iterator[dict[str,
         [
             f"--model_config_file={workspace / 'models.config'}",
             "--model_config_file_poll_wait_seconds=1",
+            "--enable_reload_config_rpc",
             "--file_system_poll_wait_seconds=1",
             "--max_num_load_retries=0",
             f"--model_base_path_prefix_map=/models={models}",
@@ -117,7 +120,18 @@ def servers(tiny_models: dict[int, Path], workspace: Path) -> Iterator[dict[str,
         ],
         workspace / "batching_server.log",
     )
-    running = {"main": main, "batching": batching}
+    # The control plane over RPC: on, and no config-file poll to take the pushed configs back.
+    reload = start_server(
+        [
+            f"--model_config_file={workspace / 'models.config'}",
+            "--file_system_poll_wait_seconds=1",
+            "--max_num_load_retries=0",
+            f"--model_base_path_prefix_map=/models={models}",
+            "--enable_reload_config_rpc",
+        ],
+        workspace / "reload_server.log",
+    )
+    running = {"main": main, "batching": batching, "reload": reload}
     try:
         for process in running.values():
             wait_until_serving(process)
@@ -500,6 +514,99 @@ def test_prometheus_metrics_use_tf_serving_names(rest: httpx.Client) -> None:
     assert "# TYPE :tensorflow:cc:saved_model:load_latency counter" in text
 
 
+# ---------------------------------------------------------------- the control plane
+
+
+def _reload(client: Client, text: str) -> None:
+    request = model_management_pb2.ReloadConfigRequest(config=model_config.parse(text))
+    response = client.models.HandleReloadConfigRequest(request, timeout=60)
+    assert response.HasField("status") and response.status.error_code == 0
+
+
+@pytest.fixture(scope="module")
+def reload_client(servers: dict[str, ServerProcess]) -> Iterator[Client]:
+    with client_for(servers["reload"]) as opened:
+        yield opened
+
+
+def test_reload_config_request_is_refused_unless_enabled(
+    servers: dict[str, ServerProcess], workspace: Path
+) -> None:
+    """By default the control plane is closed: the config file is the only way to change models."""
+    with client_for(servers["batching"]) as batching_client:
+        error = error_of(lambda: _reload(batching_client, config_text([])))
+        assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "--enable_reload_config_rpc" in (error.details() or "")
+        response, _ = batching_client.predict({signatures.IMAGE_INPUT: random_images(1)})
+        assert response.model_spec.version.value == 1
+
+
+@pytest.mark.parametrize(
+    "base_path",
+    ["/etc", "/tmp/elsewhere", f"/models/../../{MODEL_NAME}", "/models/../etc", "models/ai_detector"],
+)
+def test_reload_refuses_base_paths_outside_the_mapped_roots(reload_client: Client, base_path: str) -> None:
+    """A SavedModel is a program: a pushed config cannot point the server at another folder."""
+    config = config_text([{"name": MODEL_NAME, "base_path": base_path, "policy": "all {}", "labels": {}}])
+    error = error_of(lambda: _reload(reload_client, config))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert base_path in (error.details() or "")
+    # Nothing changed: the model still serves from its own folder.
+    response, _ = reload_client.predict({signatures.IMAGE_INPUT: random_images(1)}, label="stable")
+    assert response.model_spec.version.value == 1
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"model_config_list": {"config": [{"name": "a", "base_path": "/models/a"}] * 2}},
+        {"model_config_list": {"config": [{"name": "a"}]}},
+        {"custom_model_config": {}},
+    ],
+    ids=["duplicate-models", "without-base-path", "custom-config"],
+)
+def test_reload_refuses_invalid_configs(reload_client: Client, config: dict[str, object]) -> None:
+    request = model_management_pb2.ReloadConfigRequest(config=config)
+    error = error_of(lambda: reload_client.models.HandleReloadConfigRequest(request, timeout=10))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and error.details()
+
+
+def test_a_model_removed_and_added_back_serves_when_the_reload_returns(
+    reload_client: Client, servers: dict[str, ServerProcess]
+) -> None:
+    """The reload that re-adds a model returns once it is AVAILABLE again, as TF Serving's does."""
+    only_hot = config_text(
+        [{"name": HOT_MODEL, "base_path": f"/models/{HOT_MODEL}", "policy": "latest { num_versions: 1 }"}]
+    )
+    _reload(reload_client, only_hot)
+    eventually(
+        lambda: all(state == "END" for state, _, _ in reload_client.status(MODEL_NAME).values()),
+        "ai_detector unloaded",
+        servers["reload"],
+    )
+    _reload(reload_client, _main_config())
+    response, _ = reload_client.predict({signatures.IMAGE_INPUT: random_images(1)}, label="stable")
+    assert response.model_spec.version.value == 1
+
+
+def test_a_config_pushed_over_rpc_lasts_until_the_next_poll_of_the_file(
+    client: Client, server: ServerProcess
+) -> None:
+    """TF Serving applies the polled config file each time, changed or not: a rogue reload that
+    unloads everything is undone by the next poll (1 s here) and the models serve again."""
+    _reload(client, config_text([]))
+    eventually(
+        lambda: (
+            client.predict({signatures.IMAGE_INPUT: random_images(1)}, label="stable")[
+                0
+            ].model_spec.version.value
+            == 1
+        ),
+        "the config file's models back",
+        server,
+    )
+
+
 # ---------------------------------------------------------------- versions come and go (hot_model)
 
 
@@ -550,14 +657,9 @@ def test_broken_version_is_refused_and_the_working_one_keeps_serving(
 # ---------------------------------------------------------------- labels move (ai_detector)
 
 
-def _reload(client: Client, text: str) -> None:
-    request = model_management_pb2.ReloadConfigRequest(config=model_config.parse(text))
-    response = client.models.HandleReloadConfigRequest(request, timeout=60)
-    assert response.HasField("status") and response.status.error_code == 0
-
-
-def test_reload_config_request_moves_labels(client: Client) -> None:
-    """Leaves stable -> 2, canary -> 1 (applied over gRPC; the file still says stable -> 1)."""
+def test_reload_config_request_moves_labels(reload_client: Client) -> None:
+    """Leaves stable -> 2, canary -> 1 on the reload server (applied over gRPC)."""
+    client = reload_client
     swapped = (
         _main_config()
         .replace('key: "stable" value: 1', 'key: "stable" value: 2')
@@ -593,14 +695,14 @@ def test_config_file_edit_moves_labels(client: Client, server: ServerProcess, wo
     model_config.save(config, workspace / "models.config")
 
     def moved() -> bool:
-        response, _ = client.predict({signatures.IMAGE_INPUT: random_images(1)}, label="stable")
-        return response.model_spec.version.value == 1
+        response, _ = client.predict(
+            {signatures.IMAGE_INPUT: random_images(1)}, model_name=HOT_MODEL, label="current"
+        )
+        return response.model_spec.version.value == 2
 
-    eventually(moved, "stable back on version 1", server)
-    response, _ = client.predict(
-        {signatures.IMAGE_INPUT: random_images(1)}, model_name=HOT_MODEL, label="current"
-    )
-    assert response.model_spec.version.value == 2
+    eventually(moved, "the new label current -> 2 of hot_model", server)
+    response, _ = client.predict({signatures.IMAGE_INPUT: random_images(1)}, label="stable")
+    assert response.model_spec.version.value == 1
 
 
 # ---------------------------------------------------------------- batching, then SIGTERM (batching_server)
