@@ -110,6 +110,12 @@ def open_image(image_bytes: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Imag
 
     The pixel limit is checked from the header, before the pixel data is decoded.
     """
+    return load_rgb(open_header(image_bytes, max_pixels))
+
+
+def open_header(image_bytes: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """The first half of `open_image`: format, size and pixel limit from the header (JPEG DCT
+    scaling chosen); no pixel data decoded yet, so `decode_cost_bytes` can be asked first."""
     if not image_bytes:
         raise NotAnImageError("the file is empty")
     image_format = sniff_format(image_bytes)
@@ -134,25 +140,77 @@ def open_image(image_bytes: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Imag
                 )
             if image_format == "JPEG":
                 draft_for_canonical_size(image)
-            image.load()
-            # EXIF orientation: photos from phones are stored sideways with a rotation tag.
-            image = ImageOps.exif_transpose(image)
-            return to_rgb(image)
+            return image
     except ImageInputError:
         raise
     except Image.DecompressionBombError as error:
         # Pillow's own guard fires inside Image.open for headers claiming > 2 x MAX_IMAGE_PIXELS.
         raise ImageTooLargeError(f"the image has too many pixels to decode safely ({error})") from error
-    except (
-        UnidentifiedImageError,
-        OSError,
-        SyntaxError,
-        ValueError,
-        EOFError,
-        IndexError,
-    ) as error:
+    except _PILLOW_DATA_ERRORS as error:
         # Pillow reports truncated or malformed data with these; the bytes claimed to be an image.
         raise CorruptImageError(f"the {image_format} image is corrupt or truncated ({error})") from error
+
+
+def load_rgb(image: Image.Image) -> Image.Image:
+    """The second half of `open_image`: decode the pixels of an image from `open_header`, apply
+    its EXIF orientation, and make it RGB (reduced first where that saves memory)."""
+    image_format = image.format or "image"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image.load()
+            # EXIF orientation: photos from phones are stored sideways with a rotation tag.
+            image = ImageOps.exif_transpose(image)
+            return to_rgb(reduce_before_converting(image))
+    except ImageInputError:
+        raise
+    except Image.DecompressionBombError as error:
+        # Pillow's own guard fires inside Image.open for headers claiming > 2 x MAX_IMAGE_PIXELS.
+        raise ImageTooLargeError(f"the image has too many pixels to decode safely ({error})") from error
+    except _PILLOW_DATA_ERRORS as error:
+        raise CorruptImageError(f"the {image_format} image is corrupt or truncated ({error})") from error
+
+
+_PILLOW_DATA_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, IndexError)
+
+# Bytes per pixel of a decoded image in Pillow's memory, by mode: one byte for L, P and 1, two for
+# 16-bit grey; every other mode (RGB included) is stored in 32-bit pixels.
+_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+
+
+def decode_cost_bytes(image: Image.Image) -> int:
+    """Peak memory that decoding and converting an image from `open_header` takes, estimated from
+    its header: the decoded pixels, and once more for the largest working copy (EXIF rotation, a
+    wider mode before the reduction); measured peaks are within this (tests/unit)."""
+    width, height = image.size
+    decoded = _BYTES_PER_PIXEL.get(image.mode, 4)
+    return math.ceil(width * height * (decoded + max(decoded, 4)) * 1.1)
+
+
+def reduce_before_converting(image: Image.Image) -> Image.Image:
+    """A large non-RGB image reduced by the integer factor Lanczos would reduce it by anyway, in
+    its own mode, before `to_rgb` makes (float, RGBA, RGB) copies of it at full size. RGB images
+    pass as they are: their reduction happens inside the Lanczos step (bit-exact as before)."""
+    if image.mode == "RGB":
+        return image
+    width, height = image.size
+    target_width, target_height = dataset_size(width, height)
+    factor = (
+        max(1, int(width / target_width / REDUCING_GAP)),
+        max(1, int(height / target_height / REDUCING_GAP)),
+    )
+    if factor == (1, 1):
+        return image
+    if image.mode.startswith("I;16"):
+        # Pillow reduces 32-bit integers, not 16-bit ones; back to 16 bits for to_rgb's scale.
+        return image.convert("I").reduce(factor).convert("I;16")
+    if image.mode == "1":
+        image = image.convert("L")
+    elif image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        if image.mode == "RGB":
+            return image
+    return image.reduce(factor)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -161,7 +219,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         # 16/32-bit greyscale: scale the used range of the type to 0..255.
-        array = np.asarray(image, dtype=np.float64)
+        array = np.asarray(image, dtype=np.float32)
         scale = 65535.0 if image.mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
         if image.mode == "F" and array.max(initial=0) <= 1.0:
             scale = 1.0

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
         port=settings.port,
         log_config=None,
         access_log=False,
-        proxy_headers=settings.trust_forwarded_for,
+        proxy_headers=False,  # X-Forwarded-For: the app's own middleware, from trusted proxies only
         server_header=False,
     )
 

@@ -25,7 +25,7 @@ from gateway.dependencies import (
     TargetDep,
     TimingsDep,
 )
-from gateway.errors import NotReadyError, status_for
+from gateway.errors import DecodeBusyError, GatewayError, NotReadyError, UploadTooLargeError, status_for
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics, StageTimings
 from gateway.model_client import ModelClient, ModelTarget, Prediction, PredictionBatch
 from gateway.schemas import (
@@ -194,12 +194,14 @@ async def predict_batch(
         max_body=settings.max_batch_bytes,
     )
 
-    async def decode_or_refuse(file: UploadedFile) -> DecodedImage | ImageInputError:
+    async def decode_or_refuse(file: UploadedFile) -> DecodedImage | ImageInputError | GatewayError:
         try:
             return await decode(decoder, file, timings)
         except ImageInputError as error:
             metrics.image_errors.labels(status=str(status_for(error))).inc()
             return error
+        except (DecodeBusyError, UploadTooLargeError) as error:
+            return error  # this file only: the others still get their answers
 
     outcomes = await asyncio.gather(*(decode_or_refuse(file) for file in files))
     decoded = [outcome for outcome in outcomes if isinstance(outcome, DecodedImage)]
@@ -210,7 +212,7 @@ async def predict_batch(
     results: list[BatchItem] = []
     for file, outcome in zip(files, outcomes, strict=True):
         filename = display_filename(file.filename)
-        if isinstance(outcome, ImageInputError):
+        if isinstance(outcome, (ImageInputError, GatewayError)):
             results.append(
                 BatchItem(success=False, filename=filename, error=str(outcome), status=status_for(outcome))
             )

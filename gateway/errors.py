@@ -103,6 +103,12 @@ class ModelUnavailableError(GatewayError):
     status_code = 503
 
 
+class DecodeBusyError(GatewayError):
+    """The memory budget for decoding is spent by other uploads; answered with Retry-After."""
+
+    status_code = 503
+
+
 class NotReadyError(ModelUnavailableError):
     """GET /ready: the model version a label resolves to is not AVAILABLE."""
 

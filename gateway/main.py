@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from urllib.parse import quote
 
 import swagger_ui_bundle
 from fastapi import FastAPI
@@ -22,6 +23,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from gateway import api
 from gateway.errors import register_error_handlers
@@ -45,6 +47,12 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 def configure_logging(level: str = "INFO") -> None:
     """Once, at the entry point: plain lines on stdout, greppable by request_id=."""
     logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stdout, force=True)
+
+
+def loggable_path(path: str) -> str:
+    """The request path percent-encoded again for the log: a `%0A` a client sends decodes to a
+    newline, which would start a forged log line; spaces, controls and non-ASCII are encoded too."""
+    return quote(path, safe="/:@!$&'()*+,;=-._~")
 
 
 class RequestContextMiddleware:
@@ -89,7 +97,7 @@ class RequestContextMiddleware:
                 "request_id=%s method=%s path=%s status=%d duration_ms=%.1f %s",
                 request_id,
                 scope["method"],
-                scope["path"],
+                loggable_path(scope["path"]),
                 status_code,
                 elapsed * 1000,
                 timings.summary(),
@@ -104,7 +112,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = ModelClient(settings, metrics)
         await client.start()
-        decoder = ImageDecoder(threads=settings.decode_threads, max_pixels=settings.max_pixels)
+        decoder = ImageDecoder(
+            threads=settings.decode_threads,
+            max_pixels=settings.max_pixels,
+            memory_budget_bytes=settings.decode_memory_budget_bytes,
+            retry_after_seconds=settings.retry_after_seconds,
+        )
         app.state.model_client = client
         app.state.decoder = decoder
         logger.info(
@@ -118,6 +131,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             else f"{settings.canary_percent:g}% -> {settings.canary_label!r}"
             if settings.canary_enabled
             else "off",
+        )
+        logger.info(
+            "security: API keys %s, rate limit %s, X-Forwarded-For %s, decode memory budget %d MiB",
+            f"on ({len(settings.api_keys)})" if settings.api_keys_enabled else "off",
+            f"{settings.rate_limit_per_minute:g}/min burst {settings.rate_limit_burst}"
+            if settings.rate_limit_enabled
+            else "off",
+            f"trusted from {','.join(settings.forwarded_allow_ips)}"
+            if settings.forwarded_allow_ips
+            else "ignored",
+            settings.decode_memory_budget_bytes >> 20,
         )
         try:
             yield
@@ -153,4 +177,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
 
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    if settings.forwarded_allow_ips:
+        # Outermost, so the rate limits and the access log see the client, not the proxy.
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
     return app

@@ -92,7 +92,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         422: "no file in the request, or an invalid parameter",
         429: "rate limited (see Retry-After)",
         502: "the model server answered outside the contract",
-        503: "the model server or model is unavailable (see Retry-After)",
+        503: (
+            "the model server or model is unavailable, or the gateway is decoding too many "
+            "large images (see Retry-After)"
+        ),
         504: "the model server did not answer in time",
     }.items()
 }

@@ -91,17 +91,13 @@ class AccessControl:
     def __init__(self, settings: Settings) -> None:
         self.api_keys = ApiKeyChecker(settings.api_keys)
         self.limiter = TokenBucketLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
-        self.trust_forwarded_for = settings.trust_forwarded_for
 
     def client_identity(self, request: Request, api_key: str | None) -> str:
         if self.api_keys.enabled and api_key:
             # Keyed by a digest so the limiter never holds the keys themselves.
             return "key:" + hashlib.sha256(api_key.encode()).hexdigest()[:32]
-        if self.trust_forwarded_for:
-            forwarded = request.headers.get("x-forwarded-for", "")
-            first_hop = forwarded.split(",")[0].strip()
-            if first_hop:
-                return "address:" + first_hop
+        # Behind trusted proxies, ProxyHeadersMiddleware (gateway/main.py) has already put the
+        # client's address here from X-Forwarded-For.
         return "address:" + (request.client.host if request.client else "unknown")
 
     def check(self, request: Request) -> None:

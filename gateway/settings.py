@@ -6,6 +6,7 @@ Built by :func:`get_settings` (never at import) so tests and `create_app(setting
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -64,8 +65,13 @@ class Settings(BaseSettings):
     max_batch_files: int = Field(default=16, ge=1, le=256)
     # The whole body of POST /predict/batch (all files together).
     max_batch_bytes: int = Field(default=64 * MEBIBYTE, ge=1024)
-    # Threads that decode images off the event loop (Pillow releases the GIL while decoding).
+    # Threads that decode images off the event loop (Pillow releases the GIL while decoding);
+    # one more decodes large images (gateway/uploads.py).
     decode_threads: int = Field(default=2, ge=1, le=64)
+    # Memory all decodes in progress may hold, estimated from headers: a 50-megapixel image needs
+    # ~420 MiB, so one such image and several small ones fit; with the gateway's own ~300 MiB this
+    # stays under the pod's 1,536 MiB limit (docs/reliability.md). Over it: 503 + Retry-After.
+    decode_memory_budget_bytes: int = Field(default=768 * MEBIBYTE, ge=16 * MEBIBYTE)
 
     # A folder of `<version>/model_card.json` (the model's base path, when the gateway can see it):
     # GET /v1/model then includes the card. Optional; TF Serving does not serve assets over gRPC.
@@ -75,16 +81,32 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     rate_limit_per_minute: float = Field(default=0.0, ge=0.0)
     rate_limit_burst: int = Field(default=10, ge=1)
-    # Behind a proxy (ingress), identify clients by the first X-Forwarded-For address.
-    trust_forwarded_for: bool = False
+    # Behind a proxy (the ingress): the addresses or networks (CIDR) of the proxies trusted to set
+    # X-Forwarded-For. From a trusted peer, the client is the right-most address that is not a
+    # trusted proxy (uvicorn's ProxyHeadersMiddleware), so entries a client forges on the left
+    # change nothing. Empty: the header is ignored and the peer address is the client.
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "forwarded_allow_ips", mode="before")
     @classmethod
-    def split_api_keys(cls, value: object) -> object:
+    def split_comma_separated(cls, value: object) -> object:
         # AIDETECT_GATEWAY_API_KEYS="key-one,key-two": a comma-separated list is easier to set than JSON.
+        # A value that is set but holds no item (" , ") is refused below, never read as "off".
         if isinstance(value, str):
-            return [key.strip() for key in value.split(",") if key.strip()]
+            if value.strip() and not value.replace(",", "").strip():
+                raise ValueError("the list holds only commas and blanks: leave it empty to turn it off")
+            return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def check_networks(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError as error:
+                raise ValueError(f"forwarded_allow_ips: {value!r} is not an IP address or network") from error
+        return values
 
     @field_validator("canary_file", "model_card_directory", mode="before")
     @classmethod

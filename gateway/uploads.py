@@ -4,31 +4,46 @@ The multipart body is parsed as it streams in (python-multipart's push parser), 
 `max_upload_bytes` or a body over its total limit is refused as soon as the limit is crossed,
 without buffering the rest. Files stay in memory: they are decoded from bytes anyway.
 
-Decoding is the shared decode-and-resize of common.preprocessing (contract 1), split into its two
-halves only to time them separately; it runs in a bounded thread pool, never on the event loop.
+Decoding is the shared decode-and-resize of common.preprocessing (contract 1), split into its
+steps to time them and to budget its memory; it runs in bounded thread pools, never on the event
+loop. Memory: every decode reserves its cost, estimated from the image's header before a pixel is
+decoded (`decode_cost_bytes`), from one budget; when the budget is spent the upload is answered
+503 with Retry-After instead of queueing. Images that cost more than `LARGE_DECODE_BYTES` decode
+in a lane of their own, so small uploads are never stuck behind them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+from PIL import Image
 from python_multipart import MultipartParser
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import parse_options_header
 
-from common.preprocessing import open_image, resize_to_model_input
-from gateway.errors import BadRequestError, MissingFileError, TooManyFilesError, UploadTooLargeError
+from common.preprocessing import decode_cost_bytes, load_rgb, open_header, resize_to_model_input
+from gateway.errors import (
+    BadRequestError,
+    DecodeBusyError,
+    MissingFileError,
+    TooManyFilesError,
+    UploadTooLargeError,
+)
 
 MULTIPART_CONTENT_TYPE = b"multipart/form-data"
 # Room for part headers and small form fields on top of the files' own bytes.
 PART_OVERHEAD_BYTES = 16 * 1024
 MAX_FIELD_BYTES = 64 * 1024
 MAX_PARTS = 256
+MEBIBYTE = 1024 * 1024
+# Decodes estimated above this (e.g. a PNG of more than ~8 million pixels) take the large lane.
+LARGE_DECODE_BYTES = 64 * MEBIBYTE
 
 
 @dataclass
@@ -197,7 +212,11 @@ class DecodedImage:
 def decode_for_model(image_bytes: bytes, max_pixels: int) -> DecodedImage:
     """common.preprocessing.decode_and_resize, in its two timed halves (same function, same result)."""
     started = time.perf_counter()
-    image = open_image(image_bytes, max_pixels=max_pixels)
+    return finish_decode(open_header(image_bytes, max_pixels=max_pixels), started)
+
+
+def finish_decode(header: Image.Image, started: float) -> DecodedImage:
+    image = load_rgb(header)
     decoded = time.perf_counter()
     pixels = resize_to_model_input(image)
     return DecodedImage(
@@ -205,16 +224,74 @@ def decode_for_model(image_bytes: bytes, max_pixels: int) -> DecodedImage:
     )
 
 
-class ImageDecoder:
-    """A bounded thread pool for decoding: the event loop keeps serving while Pillow works."""
+class MemoryBudget:
+    """Bytes that decodes in progress may hold together; taken without waiting, or refused."""
 
-    def __init__(self, threads: int, max_pixels: int) -> None:
+    def __init__(self, total_bytes: int) -> None:
+        self.total_bytes = total_bytes
+        self._reserved = 0
+        self._lock = threading.Lock()
+
+    @property
+    def reserved_bytes(self) -> int:
+        return self._reserved
+
+    def try_reserve(self, size: int) -> bool:
+        with self._lock:
+            if self._reserved + size > self.total_bytes:
+                return False
+            self._reserved += size
+            return True
+
+    def release(self, size: int) -> None:
+        with self._lock:
+            self._reserved -= size
+
+
+class ImageDecoder:
+    """Bounded thread pools for decoding: the event loop keeps serving while Pillow works.
+
+    `threads` decode ordinary images (and read every header); one more thread decodes the
+    images that cost over LARGE_DECODE_BYTES, one at a time. All decodes together hold at most
+    `memory_budget_bytes` (estimated from headers): an upload that does not fit now gets
+    DecodeBusyError (503 + Retry-After), one that could never fit gets UploadTooLargeError."""
+
+    def __init__(
+        self, threads: int, max_pixels: int, memory_budget_bytes: int, retry_after_seconds: int = 5
+    ) -> None:
         self.max_pixels = max_pixels
+        self.budget = MemoryBudget(memory_budget_bytes)
+        self.retry_after_seconds = retry_after_seconds
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
+        self._large = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode-large")
 
     async def decode(self, image_bytes: bytes) -> DecodedImage:
+        started = time.perf_counter()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, decode_for_model, image_bytes, self.max_pixels)
+        header = await loop.run_in_executor(self._executor, open_header, image_bytes, self.max_pixels)
+        cost = decode_cost_bytes(header)
+        if cost > self.budget.total_bytes:
+            raise UploadTooLargeError(
+                f"decoding this {header.size[0]}x{header.size[1]} {header.mode} image needs about "
+                f"{cost / MEBIBYTE:,.0f} MiB; the gateway decodes at most "
+                f"{self.budget.total_bytes / MEBIBYTE:,.0f} MiB at a time"
+            )
+        if not self.budget.try_reserve(cost):
+            raise DecodeBusyError(
+                "the server is decoding other large images right now; "
+                f"try again in {self.retry_after_seconds} s",
+                headers={"Retry-After": str(self.retry_after_seconds)},
+            )
+        lane = self._large if cost > LARGE_DECODE_BYTES else self._executor
+        try:
+            future = lane.submit(finish_decode, header, started)
+        except BaseException:
+            self.budget.release(cost)
+            raise
+        # Released when the decode ends, even if the client has gone and nobody awaits it.
+        future.add_done_callback(lambda _: self.budget.release(cost))
+        return await asyncio.wrap_future(future)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._large.shutdown(wait=False, cancel_futures=True)

@@ -61,7 +61,9 @@ def test_gateway_tensor_equals_training_tensor(uploads_dir: Path) -> None:
     training_tensors = np.concatenate([batch_images.numpy() for batch_images, _ in dataset])
     assert training_tensors.shape == (len(rows), IMAGE_SIZE, IMAGE_SIZE, 3)
 
-    decoder = ImageDecoder(threads=2, max_pixels=Settings().max_pixels)
+    decoder = ImageDecoder(
+        threads=2, max_pixels=Settings().max_pixels, memory_budget_bytes=Settings().decode_memory_budget_bytes
+    )
     try:
         for row, training_tensor in zip(rows, training_tensors, strict=True):
             data = (uploads_dir / row["file"]).read_bytes()

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.preprocessing import IMAGE_SIZE, decode_and_resize
-from gateway.errors import MissingFileError, TooManyFilesError, UploadTooLargeError
+from common.preprocessing import IMAGE_SIZE, ImageInputError, decode_and_resize
+from gateway.errors import DecodeBusyError, MissingFileError, TooManyFilesError, UploadTooLargeError
 from gateway.uploads import ImageDecoder, decode_for_model, max_body_bytes, read_multipart_files
 from tests.gateway import images
 
@@ -95,7 +95,7 @@ def test_gateway_decoding_is_the_shared_decode_and_resize(uploads_dir: Path) -> 
 
 
 def test_decoder_runs_off_the_event_loop() -> None:
-    decoder = ImageDecoder(threads=2, max_pixels=10_000)
+    decoder = ImageDecoder(threads=2, max_pixels=10_000, memory_budget_bytes=64 << 20)
 
     async def decode_two() -> list:  # type: ignore[type-arg]
         return list(await asyncio.gather(decoder.decode(images.solid(1)), decoder.decode(images.solid(2))))
@@ -105,3 +105,32 @@ def test_decoder_runs_off_the_event_loop() -> None:
     finally:
         decoder.close()
     assert first.pixels.shape == second.pixels.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
+
+
+def test_decoder_refuses_what_does_not_fit_its_memory_budget() -> None:
+    """A decode reserves its header-estimated cost: over what is left -> DecodeBusyError (503 with
+    Retry-After); over the whole budget -> UploadTooLargeError (413); the budget is given back
+    when decodes end, failed ones included."""
+    small = images.encode(images.gradient(320, 240), "PNG")  # ~0.7 MiB estimated
+    big = images.encode(images.gradient(2000, 1500), "PNG")  # ~25 MiB estimated
+    decoder = ImageDecoder(
+        threads=2, max_pixels=50_000_000, memory_budget_bytes=16 << 20, retry_after_seconds=7
+    )
+
+    async def scenario() -> None:
+        with pytest.raises(UploadTooLargeError, match="MiB"):
+            await decoder.decode(big)
+        assert decoder.budget.try_reserve(decoder.budget.total_bytes - (256 << 10))  # others hold it
+        with pytest.raises(DecodeBusyError) as busy:
+            await decoder.decode(small)
+        assert busy.value.headers == {"Retry-After": "7"} and "try again in 7 s" in busy.value.message
+        decoder.budget.release(decoder.budget.total_bytes - (256 << 10))
+        assert (await decoder.decode(small)).pixels.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
+        with pytest.raises(ImageInputError):
+            await decoder.decode(small[: len(small) // 2])  # truncated: fails while decoding
+        assert decoder.budget.reserved_bytes == 0
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        decoder.close()

@@ -171,6 +171,29 @@ def sixteen_bit_rgb_png(width: int = 48, height: int = 32) -> bytes:
 # ---------------------------------------------------------------- the files
 
 
+WORST_CASE_SIDE = 7000  # 49 million pixels: under the default pixel limit of 50 million
+
+
+def worst_case_decodes(side: int = WORST_CASE_SIDE) -> dict[str, bytes]:
+    """Small files (0.1-0.4 MB) that are the most expensive to decode under the pixel limit: wide
+    modes that used to be converted at full size (issue 13: 0.9-1.3 GB each)."""
+    lattice = np.zeros((side, side), np.uint8)
+    lattice[::9, ::3] = 200
+    grey16 = (np.add.outer(np.arange(side, dtype=np.uint32), np.arange(side)) % 65536).astype(np.uint16)
+    floats = np.zeros((side, side), np.float32)
+    floats[::7, ::5] = 0.5
+    rgba = np.zeros((side, side, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = lattice, 128
+    rgb = np.zeros((side, side, 3), np.uint8)
+    rgb[..., 0] = lattice
+    return {
+        "png-16-bit-grey": encode(Image.fromarray(grey16), "PNG"),
+        "tiff-float": encode(Image.fromarray(floats), "TIFF", compression="tiff_adobe_deflate"),
+        "png-rgba": encode(Image.fromarray(rgba), "PNG", compress_level=9),
+        "png-rgb": encode(Image.fromarray(rgb), "PNG", compress_level=9),
+    }
+
+
 def base_files(real_files: dict[str, bytes]) -> dict[str, bytes]:
     """The seeds that truncations and bit flips start from: real uploads and every encoder."""
     picture = images.gradient(160, 120)

@@ -28,6 +28,7 @@ from tests.reliability.corpus import (
     image_expectation,
     problems,
     real_upload_seeds,
+    worst_case_decodes,
 )
 from tests.reliability.stack import MEBIBYTE, MemorySampler, Stack
 
@@ -206,3 +207,83 @@ def test_broken_http_gets_4xx_or_a_closed_connection(production_like_stack: Stac
     )
     assert response.status_code == 200
     assert response.json()["score"] == pytest.approx(image_expectation(probe).score, abs=1e-5)
+
+
+POD_MEMORY_LIMIT = 1536 * MEBIBYTE  # k8s/base/gateway/deployment.yaml: the gateway's limit
+# The decode budget (768 MiB) plus the gateway's own working set (~300 MiB after the corpus),
+# leaving 336 MiB of the pod's limit as margin.
+WORST_CASE_GATEWAY_RSS_LIMIT = 1200 * MEBIBYTE
+
+
+async def _until_decoded(client: httpx.AsyncClient, name: str, data: bytes) -> tuple[int, list[str]]:
+    """POST until the gateway takes the file: (503s with Retry-After before the 200, problems)."""
+    busy, problems_seen = 0, []
+    while True:
+        response = await client.post("/predict", files={"file": (f"{name}.bin", data)})
+        if response.status_code == 200:
+            return busy, problems_seen
+        if response.status_code != 503 or "Retry-After" not in response.headers:
+            return busy, [*problems_seen, f"{name}: {response.status_code} {response.text[:200]}"]
+        if "try again" not in response.json()["error"]:
+            problems_seen.append(f"{name}: 503 without a reason: {response.text[:200]}")
+        busy += 1
+        await asyncio.sleep(0.2)  # shorter than Retry-After: the test need not wait that long
+
+
+def test_worst_case_decodes_stay_within_the_memory_budget(
+    production_like_stack: Stack, fuzz: FuzzSettings
+) -> None:
+    """Four clients each upload one of the costliest files under the pixel limit (49 Mpx 16-bit
+    grey PNG, float TIFF, RGBA and RGB PNG), twice, while a fifth sends small JPEGs: the gateway's
+    resident memory stays under WORST_CASE_GATEWAY_RSS_LIMIT, over-budget uploads get 503 with
+    Retry-After (and then succeed), and every small upload is answered 200."""
+    stack = production_like_stack
+    worst = worst_case_decodes()
+    small = images.encode(images.gradient(640, 480), "JPEG", quality=90)
+    sampler = MemorySampler({"gateway": stack.pid(stack.gateway)}, interval=0.05)
+    small_latencies: list[float] = []
+    small_statuses: Counter[int] = Counter()
+
+    async def run() -> list[tuple[int, list[str]]]:
+        done = asyncio.Event()
+        async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=300.0) as client:
+
+            async def big(name: str, data: bytes) -> tuple[int, list[str]]:
+                first = await _until_decoded(client, name, data)
+                second = await _until_decoded(client, name, data)
+                return first[0] + second[0], first[1] + second[1]
+
+            async def small_ones() -> None:
+                while not done.is_set():
+                    started = time.perf_counter()
+                    response = await client.post("/predict", files={"file": ("small.jpg", small)})
+                    small_latencies.append(time.perf_counter() - started)
+                    small_statuses[response.status_code] += 1
+
+            small_task = asyncio.create_task(small_ones())
+            outcomes = await asyncio.gather(*(big(name, data) for name, data in worst.items()))
+            done.set()
+            await small_task
+            return outcomes
+
+    with sampler:
+        outcomes = asyncio.run(run())
+    problems_seen = [problem for _, found in outcomes for problem in found]
+    ordered = sorted(small_latencies)
+    fuzz.record(
+        "worst-case-decodes",
+        {
+            "files": {name: len(data) for name, data in worst.items()},
+            "busy_answers_503": sum(busy for busy, _ in outcomes),
+            "gateway_rss_mib_peak": round(sampler.peaks["gateway"] / MEBIBYTE, 1),
+            "small_requests": len(ordered),
+            "small_statuses": dict(small_statuses),
+            "small_p50_ms": round(1000 * ordered[len(ordered) // 2], 1) if ordered else None,
+            "small_p95_ms": round(1000 * ordered[int(len(ordered) * 0.95)], 1) if ordered else None,
+        },
+    )
+    assert not problems_seen, problems_seen
+    assert set(small_statuses) == {200}, small_statuses
+    assert sampler.peaks["gateway"] < WORST_CASE_GATEWAY_RSS_LIMIT < POD_MEMORY_LIMIT, (
+        f"gateway peak {sampler.peaks['gateway'] / MEBIBYTE:.0f} MiB"
+    )

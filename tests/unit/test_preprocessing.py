@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -156,3 +158,49 @@ def test_real_uploads_all_decode(uploads_dir: Path) -> None:
     assert len(files) >= 40
     for path in files:
         assert decode_and_resize(path.read_bytes()).shape == (IMAGE_SIZE, IMAGE_SIZE, 3), path.name
+
+
+_MEASURE_DECODE = """
+import resource, sys
+from common.preprocessing import decode_cost_bytes, load_rgb, open_header, resize_to_model_input
+data = open(sys.argv[1], "rb").read()
+header = open_header(data)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+pixels = resize_to_model_input(load_rgb(header))
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(peak - before, decode_cost_bytes(header), pixels.shape)
+"""
+
+
+@pytest.fixture(scope="module")
+def worst_case_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from tests.reliability.corpus import worst_case_decodes
+
+    folder = tmp_path_factory.mktemp("worst-case")
+    paths = {}
+    for name, data in worst_case_decodes().items():
+        paths[name] = folder / name
+        paths[name].write_bytes(data)
+    return paths
+
+
+@pytest.mark.parametrize("name", ["png-16-bit-grey", "tiff-float", "png-rgba", "png-rgb"])
+def test_decoding_stays_within_the_cost_estimated_from_the_header(
+    worst_case_files: dict[str, Path], name: str
+) -> None:
+    """The 49-megapixel files that took 0.9-1.3 GB each (issue 13) are reduced in their own mode
+    before any wider copy is made: the peak stays within decode_cost_bytes, the gateway's budget
+    unit, and far under the old peaks. Measured in a fresh process (its own peak RSS)."""
+    result = subprocess.run(
+        [sys.executable, "-c", _MEASURE_DECODE, str(worst_case_files[name])],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    grown, estimate, shape = result.stdout.split(maxsplit=2)
+    assert shape.strip() == f"({IMAGE_SIZE}, {IMAGE_SIZE}, 3)"
+    assert int(grown) <= int(estimate), (
+        f"{name}: grew {int(grown) >> 20} MiB, estimated {int(estimate) >> 20}"
+    )
+    assert int(estimate) < 450 * 1024 * 1024
