@@ -12,18 +12,22 @@ USERS ?= 10
 SPAWN_RATE ?= 2
 DURATION ?= 60s
 
-.PHONY: setup tools browser run test lint typecheck pytest train evaluate data-report clean k8s-render loadtest soak fuzz
+.PHONY: setup tools browser nginx run test lint typecheck pytest train evaluate data-report clean k8s-render loadtest soak fuzz
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV) && $(BIN)/pip install --quiet --upgrade pip && $(BIN)/pip install --quiet -e ".[dev]" && touch $@
 
-tools: $(TOOLS_VENV)/.installed browser
+tools: $(TOOLS_VENV)/.installed browser nginx
 
 # The browser test drives Debian's Chromium (never a downloaded browser); installed once, as root.
 browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
+# The model server's API filter (k8s/base/tf-serving/api-filter.conf) is tested with Debian's nginx.
+nginx:
+	@command -v nginx >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null)
 
 $(TOOLS_VENV)/.installed: k8s/checkov-requirements.txt
 	$(PYTHON) -m venv $(TOOLS_VENV) && echo '*' > $(TOOLS_VENV)/.gitignore && $(TOOLS_VENV)/bin/pip install --quiet -r k8s/checkov-requirements.txt && touch $@

@@ -41,8 +41,9 @@ def find(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
     raise AssertionError(f"no {kind}/{name} in the rendered objects")
 
 
-def container(objects: list[dict[str, Any]], deployment: str) -> dict[str, Any]:
+def container(objects: list[dict[str, Any]], deployment: str, name: str | None = None) -> dict[str, Any]:
+    """The container `name` (default: the one named as its Deployment) of a Deployment's pods."""
     spec = find(objects, "Deployment", deployment)["spec"]["template"]["spec"]
-    (only,) = spec["containers"]
-    result: dict[str, Any] = only
+    (found,) = [candidate for candidate in spec["containers"] if candidate["name"] == (name or deployment)]
+    result: dict[str, Any] = found
     return result

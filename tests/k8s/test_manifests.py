@@ -352,15 +352,25 @@ def test_only_the_gateway_reaches_tf_serving(rendered: dict[str, list[dict[str, 
     gateway_pods = json.dumps(
         [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "gateway"}}}], sort_keys=True
     )
-    assert rules.pop(gateway_pods) == [8500]
-    # What is left: Prometheus, on the metrics (REST) port only.
+    # Both only through the API filter sidecar (tests/k8s/test_api_filter.py), never TF Serving's
+    # own ports, which answer the control plane (HandleReloadConfigRequest) too.
+    assert rules.pop(gateway_pods) == [8510]
+    # What is left: Prometheus, on the filter's metrics port only.
     ((peers, ports),) = rules.items()
-    assert "prometheus" in peers and ports == [8501]
+    assert "prometheus" in peers and ports == [8511]
     assert "egress" not in policy  # TF Serving opens no connection (default-deny egress)
     services = [
         item for item in objects if item["kind"] == "Service" and item["metadata"]["name"] == "tf-serving"
     ]
     assert services[0]["spec"].get("type", "ClusterIP") == "ClusterIP"
+    filter_ports = {
+        port["name"]: port["containerPort"]
+        for port in container(objects, "tf-serving", "api-filter")["ports"]
+    }
+    assert filter_ports == {"grpc-filtered": 8510, "metrics": 8511}
+    assert sorted(port["targetPort"] for port in services[0]["spec"]["ports"]) == ["grpc-filtered", "metrics"]
+    gateway_egress = find(objects, "NetworkPolicy", "gateway")["spec"]["egress"]
+    assert [8510] in [sorted(port["port"] for port in rule["ports"]) for rule in gateway_egress]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -445,6 +455,9 @@ def test_service_monitors_scrape_the_real_metrics_paths(rendered: dict[str, list
     tf_serving_path = re.search(r'path: "([^"]+)"', monitoring)
     assert tf_serving_path is not None
     (endpoint,) = find(objects, "ServiceMonitor", "tf-serving")["spec"]["endpoints"]
-    assert endpoint == {**endpoint, "port": "rest", "path": tf_serving_path.group(1)}
+    assert endpoint == {**endpoint, "port": "metrics", "path": tf_serving_path.group(1)}
+    # The API filter publishes exactly that path.
+    api_filter = (K8S / "base" / "tf-serving" / "api-filter.conf").read_text()
+    assert f"location = {tf_serving_path.group(1)} {{" in api_filter
     (endpoint,) = find(objects, "ServiceMonitor", "gateway")["spec"]["endpoints"]
     assert endpoint == {**endpoint, "port": "http", "path": "/metrics"}
