@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     from gateway.main import configure_logging, create_app
+    from gateway.server import with_head_timeout
     from gateway.settings import Settings
 
     overrides = {name: value for name, value in vars(arguments).items() if value is not None}
@@ -67,6 +68,12 @@ def main(argv: list[str] | None = None) -> None:
         access_log=False,
         proxy_headers=False,  # X-Forwarded-For: the app's own middleware, from trusted proxies only
         server_header=False,
+        # h11, not httptools: httptools cannot bound the request head (issue 13: 256 MiB of headers
+        # were read and answered 200); with a deadline for each request head (gateway/server.py).
+        http=with_head_timeout(settings.request_head_timeout_seconds),
+        h11_max_incomplete_event_size=settings.max_request_head_bytes,
+        limit_concurrency=settings.limit_concurrency,
+        timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
     )
 
 

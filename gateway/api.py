@@ -94,6 +94,8 @@ async def read_uploads(
             max_files=max_files,
             max_file_bytes=settings.max_upload_bytes,
             max_body_bytes=max_body,
+            total_seconds=settings.request_body_timeout_seconds,
+            idle_seconds=settings.request_body_idle_seconds,
         )
     for file in files:
         metrics.upload_bytes.observe(file.size)

@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from common.preprocessing import (
     CorruptImageError,
@@ -24,6 +25,8 @@ from common.preprocessing import (
 )
 
 logger = logging.getLogger(__name__)
+
+CLIENT_CLOSED_REQUEST = 499
 
 
 class GatewayError(Exception):
@@ -59,6 +62,12 @@ class ModelVersionNotFoundError(GatewayError):
     """A request pinned a model version or label that the model server does not serve."""
 
     status_code = 404
+
+
+class RequestTimeoutError(GatewayError):
+    """The request body did not arrive within its deadline (a stalled or very slow client)."""
+
+    status_code = 408
 
 
 class UploadTooLargeError(GatewayError):
@@ -188,6 +197,13 @@ async def handle_http_exception(request: Request, error: Exception) -> JSONRespo
     return error_response(request, error.status_code, str(error.detail), error.headers)
 
 
+async def handle_client_disconnect(request: Request, error: Exception) -> JSONResponse:
+    # The client went away mid-upload: its fault, not ours. 499 (nginx's "client closed request")
+    # in the access log and the metrics, outside the 5xx error ratio; nobody receives the body.
+    logger.info("client disconnected before its request was read request_id=%s", request.state.request_id)
+    return error_response(request, CLIENT_CLOSED_REQUEST, "the client closed the connection")
+
+
 async def handle_unexpected_error(request: Request, error: Exception) -> JSONResponse:
     # A bug, not bad input: log it with the request id so it can be found, answer 500 without details.
     logger.exception("unhandled error request_id=%s", getattr(request.state, "request_id", None))
@@ -198,6 +214,7 @@ def register_error_handlers(app: FastAPI) -> None:
     """The one place where errors become statuses."""
     app.add_exception_handler(GatewayError, handle_gateway_error)
     app.add_exception_handler(ImageInputError, handle_image_error)
+    app.add_exception_handler(ClientDisconnect, handle_client_disconnect)
     app.add_exception_handler(RequestValidationError, handle_validation_error)
     app.add_exception_handler(StarletteHTTPException, handle_http_exception)
     app.add_exception_handler(Exception, handle_unexpected_error)

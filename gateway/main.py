@@ -19,7 +19,7 @@ from urllib.parse import quote
 import swagger_ui_bundle
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -59,13 +59,22 @@ class RequestContextMiddleware:
     """Request id (reused from x-request-id or made), in-flight gauge, request counter, and the one
     latency line per request with its stage timings."""
 
-    def __init__(self, app: ASGIApp, metrics: GatewayMetrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: GatewayMetrics, max_header_count: int = 100) -> None:
         self.app = app
         self.metrics = metrics
+        self.max_header_count = max_header_count
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if len(scope["headers"]) > self.max_header_count:
+            response = JSONResponse(
+                {"success": False, "error": f"too many header fields: at most {self.max_header_count}"},
+                status_code=431,
+            )
+            await response(scope, receive, send)
+            self.metrics.observe_request("unmatched", 431)
             return
         incoming = dict(scope["headers"]).get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")
         request_id = incoming if REQUEST_ID_PATTERN.match(incoming) else uuid.uuid4().hex
@@ -176,7 +185,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             swagger_favicon_url=f"{DOCS_ASSETS_PATH}/favicon-32x32.png",
         )
 
-    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, max_header_count=settings.max_header_count)
     if settings.forwarded_allow_ips:
         # Outermost, so the rate limits and the access log see the client, not the proxy.
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)

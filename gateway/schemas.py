@@ -87,6 +87,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         400: "not an image, or a corrupt one; malformed multipart body",
         401: "API keys are enabled and X-API-Key is missing or wrong",
         404: "the pinned model version or label is not served",
+        408: "the upload did not arrive in time (stalled or too slow)",
         413: "file or request too large, too many pixels, or too many files",
         415: "an image format that is not supported",
         422: "no file in the request, or an invalid parameter",

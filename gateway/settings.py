@@ -34,6 +34,22 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: str = "INFO"
+    # The HTTP server (`python -m gateway`, uvicorn with the h11 parser, which can bound a
+    # request's head): request line + headers at most this many bytes (else 400 and closed)...
+    max_request_head_bytes: int = Field(default=64 * 1024, ge=4096)
+    # ... and at most this many header fields (else 431).
+    max_header_count: int = Field(default=100, ge=16)
+    # A connection must send a complete request head this soon after opening (or after its last
+    # response), else it is closed: silent and byte-a-second clients do not hold descriptors.
+    request_head_timeout_seconds: float = Field(default=10.0, gt=0)
+    # An upload's body must arrive within this many seconds in all (20 MiB at ~1.5 Mbit/s), with no
+    # pause longer than the idle limit; else 408 and the bytes read so far are dropped.
+    request_body_timeout_seconds: float = Field(default=120.0, gt=0)
+    request_body_idle_seconds: float = Field(default=15.0, gt=0)
+    # Connections and requests in progress at once; beyond, new requests get 503.
+    limit_concurrency: int = Field(default=512, ge=8)
+    # On SIGTERM, requests in flight get this long to finish; below the pod's grace period (30 s).
+    graceful_shutdown_seconds: int = Field(default=20, ge=1)
 
     # The model server (TF Serving or the local server) and what to ask it for.
     model_server_address: str = "127.0.0.1:8500"

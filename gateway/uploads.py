@@ -32,6 +32,7 @@ from gateway.errors import (
     BadRequestError,
     DecodeBusyError,
     MissingFileError,
+    RequestTimeoutError,
     TooManyFilesError,
     UploadTooLargeError,
 )
@@ -148,6 +149,8 @@ async def read_multipart_files(
     max_files: int,
     max_file_bytes: int,
     max_body_bytes: int,
+    total_seconds: float = 120.0,
+    idle_seconds: float = 15.0,
 ) -> list[UploadedFile]:
     """The uploaded files of a multipart/form-data body, under byte and count limits.
 
@@ -175,16 +178,31 @@ async def read_multipart_files(
     collector = _MultipartCollector(max_files=max_files, max_file_bytes=max_file_bytes)
     parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
     received = 0
+    chunks = aiter(body)
     try:
-        async for chunk in body:
-            received += len(chunk)
-            if received > max_body_bytes:
-                # Chunked bodies (or lying Content-Length headers) stop here, mid-stream.
-                raise UploadTooLargeError(f"the request body is over the limit of {max_body_bytes:,} bytes")
-            parser.write(chunk)
+        async with asyncio.timeout(total_seconds):
+            while True:
+                try:
+                    async with asyncio.timeout(idle_seconds):
+                        chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    break
+                received += len(chunk)
+                if received > max_body_bytes:
+                    # Chunked bodies (or lying Content-Length headers) stop here, mid-stream.
+                    raise UploadTooLargeError(
+                        f"the request body is over the limit of {max_body_bytes:,} bytes"
+                    )
+                parser.write(chunk)
         parser.finalize()
     except FormParserError as error:
         raise BadRequestError(f"malformed multipart body: {error}") from error
+    except TimeoutError as error:
+        # A slow or stalled sender does not hold its buffered bytes (up to the body limit) forever.
+        raise RequestTimeoutError(
+            f"the upload did not arrive in time ({received:,} bytes in; at most {total_seconds:g} s "
+            f"in all and {idle_seconds:g} s without data)"
+        ) from error
 
     # A browser sends an empty part with filename "" when no file was chosen: that is no file.
     files = [

@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from common.preprocessing import IMAGE_SIZE, ImageInputError, decode_and_resize
-from gateway.errors import DecodeBusyError, MissingFileError, TooManyFilesError, UploadTooLargeError
+from gateway.errors import (
+    DecodeBusyError,
+    MissingFileError,
+    RequestTimeoutError,
+    TooManyFilesError,
+    UploadTooLargeError,
+)
 from gateway.uploads import ImageDecoder, decode_for_model, max_body_bytes, read_multipart_files
 from tests.gateway import images
 
@@ -134,3 +140,46 @@ def test_decoder_refuses_what_does_not_fit_its_memory_budget() -> None:
         asyncio.run(scenario())
     finally:
         decoder.close()
+
+
+class SlowBody:
+    """The first chunks of a body, `pause` seconds apart, then (if `stall`) nothing more."""
+
+    def __init__(self, chunks: list[bytes], pause: float, stall: bool) -> None:
+        self.chunks, self.pause, self.stall = chunks, pause, stall
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self.chunks:
+            await asyncio.sleep(self.pause)
+            yield chunk
+        if self.stall:
+            await asyncio.sleep(3600)
+
+
+@pytest.mark.parametrize(
+    ("pause", "stall", "what"),
+    [(0.0, True, "stalled"), (0.2, False, "too slow in all")],
+)
+def test_a_body_that_does_not_arrive_in_time_is_dropped_with_408(
+    pause: float, stall: bool, what: str
+) -> None:
+    """Issue 13: stalled uploads held their buffered bytes (up to ~57 MiB each) forever."""
+    body = part("file", "a.png", images.solid(10)) + f"--{BOUNDARY}--\r\n".encode()
+    chunks = [body[start : start + 16] for start in range(0, len(body), 16)]
+    slow = SlowBody(chunks[:-1] if stall else chunks, pause, stall)
+
+    async def reading() -> None:
+        await read_multipart_files(
+            HEADERS,
+            slow.__aiter__(),
+            field_names=("file",),
+            max_files=1,
+            max_file_bytes=100_000,
+            max_body_bytes=1_000_000,
+            total_seconds=0.5,
+            idle_seconds=0.3,
+        )
+
+    with pytest.raises(RequestTimeoutError, match="did not arrive in time"):
+        asyncio.run(reading())
+    assert RequestTimeoutError.status_code == 408, what

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import threading
 import time
 from collections import Counter
 from functools import partial
@@ -191,6 +192,30 @@ BROKEN_HTTP = {
 }
 
 
+def valid_upload_request(headers: list[str]) -> bytes:
+    """A complete, valid /predict upload with extra headers: only the headers can be wrong."""
+    boundary = "hardening"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="p.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + images.solid(90)
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return http_request(
+        [f"Content-Type: multipart/form-data; boundary={boundary}", f"Content-Length: {len(body)}", *headers],
+        body,
+    )
+
+
+# Issue 13: a valid upload with an unbounded head was read and answered 200 (256 MiB of headers).
+BROKEN_HTTP["valid-upload-with-a-megabyte-header"] = valid_upload_request(["X-Big: " + "a" * MEBIBYTE])
+BROKEN_HTTP["valid-upload-with-1000-headers"] = valid_upload_request(
+    [f"X-H{index}: {index}" for index in range(1000)]
+)
+
+
 @pytest.mark.parametrize("name", sorted(BROKEN_HTTP))
 def test_broken_http_gets_4xx_or_a_closed_connection(production_like_stack: Stack, name: str) -> None:
     stack = production_like_stack
@@ -287,3 +312,74 @@ def test_worst_case_decodes_stay_within_the_memory_budget(
     assert sampler.peaks["gateway"] < WORST_CASE_GATEWAY_RSS_LIMIT < POD_MEMORY_LIMIT, (
         f"gateway peak {sampler.peaks['gateway'] / MEBIBYTE:.0f} MiB"
     )
+
+
+def test_a_client_that_aborts_its_upload_is_a_499_without_a_traceback(production_like_stack: Stack) -> None:
+    """Issue 13: an aborted upload was logged and counted as a 500 with a traceback, feeding the
+    critical error-ratio alert. It is the client's doing: 499, outside the 5xx ratio."""
+    stack = production_like_stack
+    request_id = f"aborted-{time.time_ns()}"
+    upload = valid_upload_request([f"X-Request-Id: {request_id}"])
+    with socket.create_connection(("127.0.0.1", stack.gateway_port), timeout=10) as connection:
+        connection.sendall(upload[: len(upload) - 200])  # all but the end of the file
+        time.sleep(0.5)  # the gateway is now waiting for the rest of the body
+    deadline = time.monotonic() + 30
+    while request_id not in (log := stack.gateway.log_path.read_text(errors="replace")):
+        assert time.monotonic() < deadline, stack.logs()
+        time.sleep(0.1)
+    (line,) = [line for line in log.splitlines() if f"request_id={request_id} method" in line]
+    assert "status=499" in line, line
+    after = log[log.index(request_id) - 200 :]
+    assert "Traceback" not in after and "unhandled error" not in after, after[:2000]
+
+
+def _closed_after(connection: socket.socket, trickle: bytes, limit: float) -> float | None:
+    """Seconds until the server closes `connection` while we send `trickle` a byte every 0.5 s
+    (nothing if empty); None if it is still open after `limit` seconds."""
+    started = time.monotonic()
+    connection.settimeout(0.5)
+    sent = 0
+    while time.monotonic() - started < limit:
+        try:
+            if connection.recv(65536) == b"":
+                return time.monotonic() - started
+        except TimeoutError:
+            pass
+        except ConnectionResetError:
+            return time.monotonic() - started
+        if trickle:
+            try:
+                connection.send(trickle[sent % len(trickle) : sent % len(trickle) + 1])
+            except OSError:
+                return time.monotonic() - started
+            sent += 1
+    return None
+
+
+def test_silent_and_byte_a_second_connections_are_closed(production_like_stack: Stack) -> None:
+    """Issue 13: silent and 1 byte/s connections stayed open forever (1,030 of them took a gateway
+    with 1,024 descriptors offline). Each must send its request head within 10 s (the default)."""
+    stack = production_like_stack
+    slow_head = b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 200
+    with (
+        socket.create_connection(("127.0.0.1", stack.gateway_port)) as silent,
+        socket.create_connection(("127.0.0.1", stack.gateway_port)) as trickling,
+    ):
+        results: dict[str, float | None] = {}
+        threads = [
+            threading.Thread(target=lambda: results.__setitem__("silent", _closed_after(silent, b"", 30))),
+            threading.Thread(
+                target=lambda: results.__setitem__("slow", _closed_after(trickling, slow_head, 30))
+            ),
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert results["silent"] is not None and results["silent"] < 15, results
+    assert results["slow"] is not None and results["slow"] < 15, results
+    # The gateway still serves.
+    probe = httpx.post(
+        f"{stack.gateway_url}/predict", files={"file": ("p.png", images.solid(60))}, timeout=60
+    )
+    assert probe.status_code == 200
