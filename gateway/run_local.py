@@ -6,13 +6,16 @@
 Starts `python -m serving.server` with `serving/models.config` (its `/models/...` base paths
 mapped onto the repository's `models/` folder, the local server's one deviation from the
 production container) and `python -m gateway` pointed at it; waits until the gateway's /ready
-answers 200; prints the URL. Ctrl-C (or SIGTERM) stops the gateway, then the model server, and
-waits for both. Exits 1 when either cannot start, showing why.
+answers 200; prints the URL. Ctrl-C, SIGTERM or SIGHUP (the terminal closed) stops the gateway,
+then the model server, and waits for both; further signals meanwhile are ignored. If the launcher
+itself is killed, the kernel sends both children SIGTERM (Linux's parent-death signal), so no
+server outlives it. Exits 1 when either cannot start, showing why.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import signal
 import socket
@@ -28,6 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
 READY_TIMEOUT_SECONDS = 300.0  # TensorFlow imports and a model load on a small, shared CPU
 STOP_TIMEOUT_SECONDS = 30.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class LaunchError(RuntimeError):
@@ -48,6 +52,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 def check_port_free(port: int, what: str, option: str) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As the servers themselves bind: connections of a previous run still in TIME_WAIT
+        # (the readiness polls leave some) must not make a port look taken.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((LOOPBACK, port))
         except OSError as error:
@@ -100,9 +107,26 @@ def gateway_command(arguments: argparse.Namespace) -> list[str]:
     ]
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _terminate_with_parent(parent: int) -> None:
+    """In the child, before exec: SIGTERM when the launcher dies, however it dies (SIGKILL too)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0 or os.getppid() != parent:
+        os._exit(1)  # no parent-death signal, or the launcher is already gone: do not start
+
+
 def start(command: list[str], environment: dict[str, str]) -> subprocess.Popen[bytes]:
     # A session of its own: Ctrl-C reaches only this launcher, which then stops the children in order.
-    return subprocess.Popen(command, cwd=REPO_ROOT, env=environment, start_new_session=True)
+    parent = os.getpid()
+    return subprocess.Popen(
+        command,
+        cwd=REPO_ROOT,
+        env=environment,
+        start_new_session=True,
+        preexec_fn=(lambda: _terminate_with_parent(parent)) if sys.platform == "linux" else None,
+    )
 
 
 def stop(process: subprocess.Popen[bytes], name: str) -> None:
@@ -148,8 +172,8 @@ def run(arguments: argparse.Namespace) -> int:
         "AIDETECT_GATEWAY_MODEL_CARD_DIRECTORY": str((arguments.models / arguments.model_name).resolve()),
         "AIDETECT_GATEWAY_MODEL_NAME": arguments.model_name,
     }
-    signal.signal(signal.SIGINT, raise_stop)
-    signal.signal(signal.SIGTERM, raise_stop)
+    for stop_signal in STOP_SIGNALS:
+        signal.signal(stop_signal, raise_stop)
     gateway_url = f"http://{LOOPBACK}:{arguments.gateway_port}"
     model_server = start(model_server_command(arguments), environment)
     gateway = start(gateway_command(arguments), environment)
@@ -178,8 +202,9 @@ def run(arguments: argparse.Namespace) -> int:
         print(f"run_local: {error}", file=sys.stderr, flush=True)
         exit_code = 1
     finally:
-        # Ignore a second Ctrl-C while the children finish their shutdown.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # Ignore a second Ctrl-C (or SIGTERM, SIGHUP) while the children finish their shutdown.
+        for stop_signal in STOP_SIGNALS:
+            signal.signal(stop_signal, signal.SIG_IGN)
         stop(gateway, "gateway")
         stop(model_server, "model server")
     return exit_code
