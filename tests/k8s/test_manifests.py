@@ -379,6 +379,19 @@ def test_ingress_serves_https(rendered: dict[str, list[dict[str, Any]]], overlay
     (tls,) = ingress["spec"]["tls"]
     assert tls["secretName"] and tls["hosts"] == [ingress["spec"]["rules"][0]["host"]]
     assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/force-ssl-redirect"] == "true"
+    # Issue 13: /metrics, /ready (two gRPC calls per hit, unlimited) and /health are not published.
+    (rule,) = ingress["spec"]["rules"]
+    published = {(path["path"], path["pathType"]) for path in rule["http"]["paths"]}
+    assert published == {
+        ("/", "Exact"),
+        ("/static", "Prefix"),
+        ("/predict", "Exact"),
+        ("/predict/batch", "Exact"),
+        ("/v1/model", "Exact"),
+        ("/docs", "Exact"),
+        ("/docs-assets", "Prefix"),
+        ("/openapi.json", "Exact"),
+    }
 
 
 # -- observability ----------------------------------------------------------------------------

@@ -353,6 +353,9 @@ def test_compose_ports_follow_the_contract() -> None:
         container_ports = {port.rsplit(":", 1)[1] for port in service["ports"]}
         assert container_ports == {"8500", "8501"}, name
     assert any(port.endswith(":8000") for port in services["gateway"]["ports"])
+    # Issue 13: nothing is published beyond loopback (the gateway has no API key in compose).
+    for name, service in services.items():
+        assert all(str(port).startswith("127.0.0.1:") for port in service.get("ports", [])), name
     # The gateway reaches whichever model server runs by the one name both answer to.
     assert "model-server" in services["model-server-gpu"]["networks"]["default"]["aliases"]
 
