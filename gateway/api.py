@@ -254,7 +254,16 @@ async def health() -> HealthResponse:
     responses={503: ERROR_RESPONSES[503]},
     summary="Readiness: the version each routed label resolves to is AVAILABLE on the model server",
 )
-async def ready(settings: SettingsDep, client: ModelClientDep, split: CanarySplitDep) -> ReadyResponse:
+async def ready(
+    request: Request, settings: SettingsDep, client: ModelClientDep, split: CanarySplitDep
+) -> ReadyResponse:
+    problem = request.app.state.canary_split.problem
+    if problem is not None:
+        raise NotReadyError(
+            problem,
+            headers={"Retry-After": str(settings.retry_after_seconds)},
+            details={"ready": False, "model_name": settings.model_name, "targets": []},
+        )
     statuses = [status.to_dict() for status in await client.readiness(split)]
     if not all(status["available"] for status in statuses):
         problems = "; ".join(

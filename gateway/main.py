@@ -129,6 +129,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.model_client = client
         app.state.decoder = decoder
+        app.state.canary_split.start()
         logger.info(
             "gateway up: model server %s, model %r, label %r, signature %r, canary %s",
             settings.model_server_address,
@@ -157,6 +158,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await client.close()
             decoder.close()
+            app.state.canary_split.close()
 
     app = FastAPI(
         title="aidetect gateway",

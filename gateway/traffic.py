@@ -1,25 +1,30 @@
 """The canary split: which share of unpinned requests goes to the canary version label.
 
 From settings (`canary_label`, `canary_percent`), or, when `canary_file` is set, from a JSON file
-`{"canary_label": "canary", "canary_percent": 10.0}` that is re-read when it changes, so a rollout
-(k8s/rollout.py, through a mounted ConfigMap) moves traffic without restarting the gateway. A file
-that is missing or invalid keeps the last good split and is logged, never crashes a request.
+`{"canary_label": "canary", "canary_percent": 10.0}` that a thread re-reads when it changes, so a
+rollout (k8s/rollout.py, through a mounted ConfigMap) moves traffic without restarting the
+gateway. Requests only read the last split: no file I/O on the request path. Only a small regular
+file of UTF-8 JSON is read (a FIFO, a device or a 300 MiB file is refused without reading it); a
+file that is unusable keeps the last good split, is logged, and makes /ready fail until it is
+fixed. A missing file means no change.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import stat
 import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from gateway.settings import VERSION_LABEL_PATTERN, Settings
 
 logger = logging.getLogger(__name__)
 
-RECHECK_SECONDS = 1.0  # stat the file at most this often
+RECHECK_SECONDS = 1.0  # the thread stats the file this often
+MAX_FILE_BYTES = 64 * 1024  # a split is ~60 bytes
 
 
 @dataclass(frozen=True)
@@ -39,7 +44,7 @@ class CanarySplitError(ValueError):
 def parse_split(text: str, default_label: str) -> CanarySplit:
     try:
         content = json.loads(text)
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:
         raise CanarySplitError(f"not JSON: {error}") from error
     if not isinstance(content, dict):
         raise CanarySplitError("expected a JSON object")
@@ -52,45 +57,78 @@ def parse_split(text: str, default_label: str) -> CanarySplit:
     return CanarySplit(label, float(percent))
 
 
-class CanarySplitSource:
-    """The current split: fixed from settings, or followed from `settings.canary_file`."""
+def read_small_text(path: Path) -> str:
+    """A small regular file's UTF-8 text; anything else raises CanarySplitError (OSError if
+    the file cannot be opened). Checked on the open descriptor, so a FIFO never blocks a read."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(descriptor, "rb") as stream:
+        status = os.fstat(stream.fileno())
+        if not stat.S_ISREG(status.st_mode):
+            raise CanarySplitError("not a regular file")
+        if status.st_size > MAX_FILE_BYTES:
+            raise CanarySplitError(f"{status.st_size:,} bytes; a split file is at most {MAX_FILE_BYTES:,}")
+        data = stream.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise CanarySplitError(f"over {MAX_FILE_BYTES:,} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise CanarySplitError(f"not UTF-8 text ({error})") from error
 
-    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+
+class CanarySplitSource:
+    """The current split: fixed from settings, or followed from `settings.canary_file` by a thread
+    (`start`/`close`, the app's lifespan); `refresh` is one pass of that thread."""
+
+    def __init__(self, settings: Settings) -> None:
         self.path = settings.canary_file
         self.stable_label = settings.version_label
         self._split = CanarySplit(settings.canary_label, settings.canary_percent)
-        self._clock = clock
-        self._checked_at = float("-inf")
-        self._file_state: tuple[int, int] | None = None  # (mtime_ns, size) of the last read
-        self._lock = threading.Lock()
+        self._file_state: tuple[int, int, int] | None = None  # (inode, mtime_ns, size) last read
+        self.problem: str | None = None  # why the file is unusable now, for /ready
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def current(self) -> CanarySplit:
-        if self.path is None:
-            return self._split
-        with self._lock:
-            now = self._clock()
-            if now - self._checked_at >= RECHECK_SECONDS:
-                self._checked_at = now
-                self._reload()
-            return self._split
+        return self._split
 
-    def _reload(self) -> None:
-        assert self.path is not None
+    def start(self) -> None:
+        if self.path is None or self._thread is not None:
+            return
+        self.refresh()
+        self._thread = threading.Thread(target=self._follow, name="canary-file", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _follow(self) -> None:
+        while not self._stop.wait(RECHECK_SECONDS):
+            self.refresh()
+
+    def refresh(self) -> None:
+        if self.path is None:
+            return
         try:
             status = self.path.stat()
-            state = (status.st_mtime_ns, status.st_size)
-            if state == self._file_state:
+            state = (status.st_ino, status.st_mtime_ns, status.st_size)
+            if state == self._file_state and self.problem is None:
                 return
-            split = parse_split(self.path.read_text(), self._split.label)
+            split = parse_split(read_small_text(self.path), self._split.label)
+            if split.enabled and split.label == self.stable_label:
+                raise CanarySplitError(f"it names the stable label {split.label!r}")
+        except FileNotFoundError:
+            self._file_state, self.problem = None, None  # no file: no change
+            return
         except (OSError, CanarySplitError) as error:
-            if self._file_state is not None or self._split.enabled:
-                logger.warning("canary file %s unusable (%s); keeping %s", self.path, error, self._split)
-            self._file_state = None
+            problem = f"canary file {self.path} unusable ({error}); keeping {self._split}"
+            if problem != self.problem:
+                logger.warning("%s", problem)
+            self.problem = problem
             return
-        if split.enabled and split.label == self.stable_label:
-            logger.warning("canary file %s names the stable label %r; ignored", self.path, split.label)
-            return
-        self._file_state = state
+        self._file_state, self.problem = state, None
         if split != self._split:
             logger.info("canary split now %g%% -> label %r (from %s)", split.percent, split.label, self.path)
         self._split = split

@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 from gateway.settings import Settings
 from gateway.traffic import CanarySplit, CanarySplitSource
 from tests.gateway import images
@@ -23,26 +25,67 @@ def test_split_from_settings() -> None:
 
 def test_split_follows_the_file(tmp_path: Path) -> None:
     path = tmp_path / "traffic.json"
-    now = [0.0]
-    source = CanarySplitSource(Settings(canary_file=path), clock=lambda: now[0])
-    assert source.current() == CanarySplit("canary", 0.0)  # no file yet: the settings' split
+    source = CanarySplitSource(Settings(canary_file=path))
+    source.refresh()
+    assert source.current() == CanarySplit("canary", 0.0) and source.problem is None  # no file yet
     write(path, {"canary_label": "canary", "canary_percent": 10.0}, 1)
-    assert source.current().percent == 0.0  # not re-checked within a second
-    now[0] += 1.0
+    assert source.current().percent == 0.0  # requests never read the file themselves
+    source.refresh()
     assert source.current() == CanarySplit("canary", 10.0)
-    for bad in ("{not json", {"canary_percent": 150}, {"canary_label": "no spaces", "canary_percent": 5}):
-        write(path, bad, int(now[0]) + 2)
-        now[0] += 1.0
+    for index, bad in enumerate(
+        ("{not json", {"canary_percent": 150}, {"canary_label": "no spaces", "canary_percent": 5})
+    ):
+        write(path, bad, index + 2)
+        source.refresh()
         assert source.current() == CanarySplit("canary", 10.0), bad  # the last good split stays
+        assert source.problem is not None and str(path) in source.problem
     write(path, {"canary_label": "stable", "canary_percent": 50}, 100)
-    now[0] += 1.0
+    source.refresh()
     assert source.current() == CanarySplit("canary", 10.0)  # never the stable label
+    assert source.problem is not None and "stable label" in source.problem
     path.unlink()
-    now[0] += 1.0
-    assert source.current() == CanarySplit("canary", 10.0)
+    source.refresh()
+    assert source.current() == CanarySplit("canary", 10.0) and source.problem is None
     write(path, {"canary_label": "canary", "canary_percent": 0}, 200)
-    now[0] += 1.0
+    source.refresh()
     assert not source.current().enabled
+
+
+def _hostile(path: Path, kind: str) -> None:
+    if kind == "utf-16":
+        path.write_text(json.dumps({"canary_label": "canary", "canary_percent": 5}), encoding="utf-16")
+    elif kind == "deeply-nested":
+        path.write_text("[" * 100_000 + "]" * 100_000)
+    elif kind == "300-mib":
+        with path.open("wb") as stream:
+            stream.truncate(300 * 1024 * 1024)  # sparse: no disk used
+    elif kind == "fifo":
+        os.mkfifo(path)  # a read would wait forever for a writer
+    elif kind == "directory":
+        path.mkdir()
+
+
+@pytest.mark.parametrize("kind", ["utf-16", "deeply-nested", "300-mib", "fifo", "directory"])
+def test_an_unusable_file_keeps_the_split_and_fails_ready(
+    make_client: MakeClient, tmp_path: Path, kind: str
+) -> None:
+    """Issue 13: UTF-16 or deeply nested JSON gave 500s while /ready stayed 200; a 300 MiB file was
+    re-read every second on the request path; a FIFO hung every prediction."""
+    path = tmp_path / "traffic.json"
+    write(path, {"canary_label": "canary", "canary_percent": 100.0}, 1)
+    client, fake = make_client(canary_file=path)
+    assert client.get("/ready").status_code == 200
+    path.unlink()
+    _hostile(path, kind)
+    source = client.app.state.canary_split  # type: ignore[attr-defined]
+    source.refresh()  # what the thread does every second
+    assert source.problem is not None and str(path) in source.problem
+    response = client.post("/predict", files={"file": ("x.png", images.solid(1), "image/png")})
+    assert response.status_code == 200  # the last good split still routes
+    assert fake.calls[-1][1].label == "canary"
+    ready = client.get("/ready")
+    assert ready.status_code == 503 and "canary file" in ready.json()["error"]
+    assert "Retry-After" in ready.headers
 
 
 def test_the_app_routes_by_the_file(make_client: MakeClient, tmp_path: Path) -> None:

@@ -40,8 +40,11 @@ CONCURRENCY = 4  # two decode threads in the gateway: enough to overlap reading 
 # process to its working set (allocator arenas sized by the largest decodes, one 4000x4000 image
 # is ~100 MB in flight per decode thread), after which resident memory moves within a band
 # (measured after pass 2 minus after pass 1: -3 to +66 MiB, the same spread for 10x the
-# requests). The stated bounds hold for every pass: 84 MiB at start, 220-300 MiB measured.
-GATEWAY_RSS_LIMIT = 400 * MEBIBYTE
+# requests). The stated bounds hold for every pass: 84 MiB at start, 220-300 MiB measured with two
+# decoding threads; 492 MiB since large images decode in a third lane of their own (issue 13), so
+# three decodes of the corpus's 4000 x 4000 images can overlap. The bound for any load is the decode
+# memory budget plus the working set: test_worst_case_decodes_stay_within_the_memory_budget.
+GATEWAY_RSS_LIMIT = 700 * MEBIBYTE
 MODEL_SERVER_RSS_LIMIT = 1024 * MEBIBYTE  # 690 MiB at start (TensorFlow and the model), ~750 measured
 
 
