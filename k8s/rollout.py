@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
+import grpc
 import typer
 
 from common import model_config
@@ -532,13 +533,27 @@ def open_rollout(options: Options) -> Iterator[Rollout]:
         yield Rollout(store, servers, traffic, options.timeout_seconds)
 
 
+# What can go wrong besides the rollout's own checks: an unreadable or invalid models.config, a
+# file that cannot be written, a model server that answers an error.
+OPERATIONAL_ERRORS = (RolloutError, ModelConfigError, OSError, grpc.RpcError)
+
+
+def describe(error: BaseException) -> str:
+    if isinstance(error, grpc.RpcError):
+        code = error.code() if hasattr(error, "code") else None
+        details = error.details() if hasattr(error, "details") else str(error)
+        return f"model server answered {getattr(code, 'name', code)}: {details}"
+    return str(error) or type(error).__name__
+
+
 @contextlib.contextmanager
 def exit_codes() -> Iterator[None]:
-    """The one place errors become messages and exit codes: 2 for any rollout error."""
+    """The one place errors become messages and exit codes: 2 for any error (a crash, not a
+    verdict), so it is never confused with 1, "rolled back cleanly"."""
     try:
         yield
-    except RolloutError as error:
-        typer.echo(f"error: {error}", err=True)
+    except OPERATIONAL_ERRORS as error:
+        typer.echo(f"error: {describe(error)}", err=True)
         raise typer.Exit(EXIT_ERROR) from error
 
 
@@ -711,8 +726,8 @@ def run(
                     check_every,
                     report,
                 )
-            except (RolloutError, KeyboardInterrupt) as error:
-                report(f"rollout of version {version} stopped ({error!r}): rolling back")
+            except (*OPERATIONAL_ERRORS, KeyboardInterrupt) as error:
+                report(f"rollout of version {version} stopped ({describe(error)}): rolling back")
                 rollout.rollback()
                 raise
             report(f"verdict: {verdict.describe()}")

@@ -268,3 +268,36 @@ def test_the_readiness_probe_passes_only_for_an_available_labelled_version(serve
 
     assert run_probe(STABLE_LABEL) == 0
     assert run_probe("no-such-label") != 0
+
+
+@pytest.mark.parametrize("broken", ["missing", "invalid", "unknown-model"])
+def test_cli_crashes_are_exit_code_two_not_rolled_back(
+    workspace: Path, server: ServerProcess, tmp_path: Path, broken: str
+) -> None:
+    """Issue 13: a bad or missing models.config, an unknown model or a gRPC error exited 1, the
+    code of "rolled back cleanly", with a traceback."""
+    config = tmp_path / "models.config"
+    if broken == "invalid":
+        config.write_text("model_config_list { config { name: ")
+    elif broken == "unknown-model":
+        config.write_text((workspace / "models.config").read_text())
+    arguments = ["--config", str(config), "--model-server", server.grpc_address]
+    if broken == "unknown-model":
+        arguments += ["--model-name", "no_such_model"]
+    result = CliRunner().invoke(rollout.app, [*arguments, "status"])
+    assert result.exit_code == rollout.EXIT_ERROR, result.output
+    assert "error:" in result.output and "Traceback" not in result.output
+
+
+def test_config_rewrites_keep_the_file_mode(tmp_path: Path) -> None:
+    """Issue 13: the atomic rewrite turned 0644 files into 0600 (mkstemp's mode)."""
+    from common.files import write_text_atomically
+
+    path = tmp_path / "models.config"
+    path.write_text("old")
+    path.chmod(0o644)
+    write_text_atomically(path, "new")
+    assert (path.read_text(), path.stat().st_mode & 0o777) == ("new", 0o644)
+    fresh = tmp_path / "fresh.json"
+    write_text_atomically(fresh, "{}")
+    assert fresh.stat().st_mode & 0o044  # readable by others (umask permitting), not 0600
