@@ -12,12 +12,23 @@ USERS ?= 10
 SPAWN_RATE ?= 2
 DURATION ?= 60s
 
-.PHONY: setup tools browser nginx run test lint typecheck pytest train evaluate data-report clean k8s-render loadtest soak fuzz
+.PHONY: setup lock tools browser nginx run test lint typecheck pytest train evaluate data-report clean k8s-render loadtest soak fuzz
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV) && $(BIN)/pip install --quiet --upgrade pip && $(BIN)/pip install --quiet -e ".[dev]" && touch $@
+# Installs exactly requirements.lock (every package pinned, with hashes), then the project itself.
+$(VENV)/.installed: pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV) && $(BIN)/pip install --quiet --require-hashes -r requirements.lock && $(BIN)/pip install --quiet --no-deps --no-build-isolation -e . && touch $@
+
+# Re-resolve the locks after a change to pyproject.toml's dependencies: versions already locked
+# stay unless they must move (UPGRADE=1 lets them all move). The gateway image's lock takes the
+# same versions. Needs the package index; commit both files.
+UV_VERSION := 0.13.9
+LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 --annotation-style line --custom-compile-command "make lock"
+lock:
+	$(PYTHON) -m venv .venv-lock && .venv-lock/bin/pip install --quiet uv==$(UV_VERSION)
+	.venv-lock/bin/uv pip compile pyproject.toml --extra dev $(LOCK_FLAGS) $(if $(UPGRADE),--upgrade) -o requirements.lock
+	.venv-lock/bin/uv pip compile pyproject.toml --extra gateway -c requirements.lock $(LOCK_FLAGS) -o gateway/requirements.lock
 
 tools: $(TOOLS_VENV)/.installed browser nginx
 

@@ -161,3 +161,54 @@ def test_ignore_file_entries_have_reasons() -> None:
     for vulnerability, reason in ignored_ids().items():
         assert re.fullmatch(r"[A-Z]+-[\w-]+", vulnerability), vulnerability
         assert len(reason) > 10, (vulnerability, reason)
+
+
+# ---------------------------------------------------------------- the lock (issue 13)
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+LOCK_LINE = re.compile(r"^([A-Za-z0-9_.-]+)==(\S+) \\$", re.MULTILINE)
+
+
+def locked(path: Path) -> dict[str, Version]:
+    return {
+        canonicalize_name(name): Version(version) for name, version in LOCK_LINE.findall(path.read_text())
+    }
+
+
+def test_the_environment_is_exactly_the_lock() -> None:
+    """`make setup` installs requirements.lock with --require-hashes: every locked package is
+    installed at its locked version (a lock out of step with .venv shows here)."""
+    lock = locked(REPOSITORY / "requirements.lock")
+    assert len(lock) > 100
+    text = (REPOSITORY / "requirements.lock").read_text()
+    assert text.count("--hash=sha256:") >= len(lock)
+    installed = {
+        canonicalize_name(distribution.metadata["Name"]): Version(distribution.version)
+        for distribution in metadata.distributions()
+    }
+    wrong = {
+        name: (version, installed.get(name))
+        for name, version in lock.items()
+        if installed.get(name) != version
+    }
+    assert not wrong, f"locked vs installed: {wrong} (run `make setup` after `make lock`)"
+
+
+def test_the_locks_cover_every_declared_dependency() -> None:
+    """Every requirement of every extra in pyproject.toml is in requirements.lock at a version
+    it allows (a dependency added without `make lock` fails here), and the gateway image's lock
+    takes the same versions."""
+    from packaging.requirements import Requirement
+
+    lock = locked(REPOSITORY / "requirements.lock")
+    missing = []
+    for line in metadata.requires(PROJECT_NAME) or []:
+        requirement = Requirement(line)
+        name = canonicalize_name(requirement.name)
+        if name == PROJECT_NAME:
+            continue  # one extra naming others
+        if name not in lock or not requirement.specifier.contains(lock[name], prereleases=True):
+            missing.append(f"{line} (locked: {lock.get(name)})")
+    assert not missing, missing
+    gateway = locked(REPOSITORY / "gateway" / "requirements.lock")
+    assert gateway and all(lock[name] == version for name, version in gateway.items())
