@@ -24,8 +24,9 @@ from gateway.dependencies import (
     SettingsDep,
     TargetDep,
     TimingsDep,
+    UploadHoldDep,
 )
-from gateway.errors import DecodeBusyError, GatewayError, NotReadyError, UploadTooLargeError, status_for
+from gateway.errors import GatewayError, NotReadyError, ServerBusyError, UploadTooLargeError, status_for
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics, StageTimings
 from gateway.model_client import ModelClient, ModelTarget, Prediction, PredictionBatch
 from gateway.schemas import (
@@ -39,7 +40,14 @@ from gateway.schemas import (
 )
 from gateway.security import enforce_access
 from gateway.settings import Settings
-from gateway.uploads import DecodedImage, ImageDecoder, UploadedFile, max_body_bytes, read_multipart_files
+from gateway.uploads import (
+    DecodedImage,
+    ImageDecoder,
+    UploadedFile,
+    UploadHold,
+    max_body_bytes,
+    read_multipart_files,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +89,7 @@ async def read_uploads(
     settings: Settings,
     timings: StageTimings,
     metrics: GatewayMetrics,
+    hold: UploadHold,
     *,
     field_names: tuple[str, ...],
     max_files: int,
@@ -96,6 +105,7 @@ async def read_uploads(
             max_body_bytes=max_body,
             total_seconds=settings.request_body_timeout_seconds,
             idle_seconds=settings.request_body_idle_seconds,
+            hold=hold,
         )
     for file in files:
         metrics.upload_bytes.observe(file.size)
@@ -138,12 +148,14 @@ async def predict(
     metrics: MetricsDep,
     timings: TimingsDep,
     target: TargetDep,
+    hold: UploadHoldDep,
 ) -> PredictionResponse:
     (file,) = await read_uploads(
         request,
         settings,
         timings,
         metrics,
+        hold,
         field_names=(SINGLE_FILE_FIELD,),
         max_files=1,
         max_body=max_body_bytes(1, settings.max_upload_bytes),
@@ -181,6 +193,7 @@ async def predict_batch(
     metrics: MetricsDep,
     timings: TimingsDep,
     target: TargetDep,
+    hold: UploadHoldDep,
 ) -> BatchPredictionResponse:
     """Each file gets its own result; a bad file is reported in its item and the others still count.
 
@@ -191,6 +204,7 @@ async def predict_batch(
         settings,
         timings,
         metrics,
+        hold,
         field_names=BATCH_FILE_FIELDS,
         max_files=settings.max_batch_files,
         max_body=settings.max_batch_bytes,
@@ -202,7 +216,7 @@ async def predict_batch(
         except ImageInputError as error:
             metrics.image_errors.labels(status=str(status_for(error))).inc()
             return error
-        except (DecodeBusyError, UploadTooLargeError) as error:
+        except (ServerBusyError, UploadTooLargeError) as error:
             return error  # this file only: the others still get their answers
 
     outcomes = await asyncio.gather(*(decode_or_refuse(file) for file in files))

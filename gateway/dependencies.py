@@ -5,6 +5,7 @@ Tests replace the model client with `app.dependency_overrides[get_model_client]`
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Header, Query, Request
@@ -14,7 +15,7 @@ from gateway.metrics import GatewayMetrics, StageTimings
 from gateway.model_client import ModelClient, ModelTarget, choose_target
 from gateway.settings import VERSION_LABEL_PATTERN, Settings
 from gateway.traffic import CanarySplit, CanarySplitSource
-from gateway.uploads import ImageDecoder
+from gateway.uploads import ImageDecoder, UploadHold
 
 # TF Serving's version numbers are int64: a larger one cannot even be put in the request.
 MAX_MODEL_VERSION = 2**63 - 1
@@ -45,6 +46,16 @@ def get_canary_split(request: Request) -> CanarySplit:
     return source.current()
 
 
+async def get_upload_hold(request: Request) -> AsyncIterator[UploadHold]:
+    """The request's share of the upload budget, given back once the request is answered."""
+    settings: Settings = request.app.state.settings
+    hold = UploadHold(request.app.state.upload_budget, settings.retry_after_seconds)
+    try:
+        yield hold
+    finally:
+        hold.release()
+
+
 def get_timings(request: Request) -> StageTimings:
     # Made per request by the request-context middleware, which logs them at the end.
     timings: StageTimings = request.state.timings
@@ -57,6 +68,7 @@ DecoderDep = Annotated[ImageDecoder, Depends(get_decoder)]
 MetricsDep = Annotated[GatewayMetrics, Depends(get_metrics)]
 TimingsDep = Annotated[StageTimings, Depends(get_timings)]
 CanarySplitDep = Annotated[CanarySplit, Depends(get_canary_split)]
+UploadHoldDep = Annotated[UploadHold, Depends(get_upload_hold)]
 
 
 def get_target(

@@ -112,8 +112,9 @@ class ModelUnavailableError(GatewayError):
     status_code = 503
 
 
-class DecodeBusyError(GatewayError):
-    """The memory budget for decoding is spent by other uploads; answered with Retry-After."""
+class ServerBusyError(GatewayError):
+    """A memory budget (uploads being read, images being decoded) is spent by other requests;
+    answered with Retry-After."""
 
     status_code = 503
 

@@ -32,7 +32,7 @@ from gateway.model_client import ModelClient
 from gateway.security import AccessControl
 from gateway.settings import Settings, get_settings
 from gateway.traffic import CanarySplitSource
-from gateway.uploads import ImageDecoder
+from gateway.uploads import ImageDecoder, MemoryBudget
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("gateway.access")
@@ -172,6 +172,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.access_control = AccessControl(settings)
     app.state.canary_split = CanarySplitSource(settings)
+    app.state.upload_budget = MemoryBudget(settings.upload_memory_budget_bytes)
     register_error_handlers(app)
     app.include_router(api.router)
     app.mount("/static", StaticFiles(directory=api.STATIC_DIRECTORY), name="static")

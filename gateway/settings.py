@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     # ~420 MiB, so one such image and several small ones fit; with the gateway's own ~300 MiB this
     # stays under the pod's 1,536 MiB limit (docs/reliability.md). Over it: 503 + Retry-After.
     decode_memory_budget_bytes: int = Field(default=768 * MEBIBYTE, ge=16 * MEBIBYTE)
+    # Upload bytes all requests may hold together while they are read and answered (a stalled
+    # batch upload holds up to max_batch_bytes until its deadline). Over it: 503 + Retry-After.
+    upload_memory_budget_bytes: int = Field(default=256 * MEBIBYTE, ge=MEBIBYTE)
 
     # A folder of `<version>/model_card.json` (the model's base path, when the gateway can see it):
     # GET /v1/model then includes the card. Optional; TF Serving does not serve assets over gRPC.

@@ -30,9 +30,9 @@ from python_multipart.multipart import parse_options_header
 from common.preprocessing import decode_cost_bytes, load_rgb, open_header, resize_to_model_input
 from gateway.errors import (
     BadRequestError,
-    DecodeBusyError,
     MissingFileError,
     RequestTimeoutError,
+    ServerBusyError,
     TooManyFilesError,
     UploadTooLargeError,
 )
@@ -151,6 +151,7 @@ async def read_multipart_files(
     max_body_bytes: int,
     total_seconds: float = 120.0,
     idle_seconds: float = 15.0,
+    hold: UploadHold | None = None,
 ) -> list[UploadedFile]:
     """The uploaded files of a multipart/form-data body, under byte and count limits.
 
@@ -188,6 +189,8 @@ async def read_multipart_files(
                 except StopAsyncIteration:
                     break
                 received += len(chunk)
+                if hold is not None:
+                    hold.take(len(chunk))  # all uploads being read together stay within a budget
                 if received > max_body_bytes:
                     # Chunked bodies (or lying Content-Length headers) stop here, mid-stream.
                     raise UploadTooLargeError(
@@ -266,13 +269,36 @@ class MemoryBudget:
             self._reserved -= size
 
 
+class UploadHold:
+    """The upload bytes one request holds in memory, taken from the app's upload budget as they
+    arrive and given back when the request ends (a FastAPI dependency does both)."""
+
+    def __init__(self, budget: MemoryBudget, retry_after_seconds: int) -> None:
+        self.budget = budget
+        self.retry_after_seconds = retry_after_seconds
+        self.held_bytes = 0
+
+    def take(self, size: int) -> None:
+        if not self.budget.try_reserve(size):
+            raise ServerBusyError(
+                "the server is receiving too many uploads right now; "
+                f"try again in {self.retry_after_seconds} s",
+                headers={"Retry-After": str(self.retry_after_seconds)},
+            )
+        self.held_bytes += size
+
+    def release(self) -> None:
+        self.budget.release(self.held_bytes)
+        self.held_bytes = 0
+
+
 class ImageDecoder:
     """Bounded thread pools for decoding: the event loop keeps serving while Pillow works.
 
     `threads` decode ordinary images (and read every header); one more thread decodes the
     images that cost over LARGE_DECODE_BYTES, one at a time. All decodes together hold at most
     `memory_budget_bytes` (estimated from headers): an upload that does not fit now gets
-    DecodeBusyError (503 + Retry-After), one that could never fit gets UploadTooLargeError."""
+    ServerBusyError (503 + Retry-After), one that could never fit gets UploadTooLargeError."""
 
     def __init__(
         self, threads: int, max_pixels: int, memory_budget_bytes: int, retry_after_seconds: int = 5
@@ -295,7 +321,7 @@ class ImageDecoder:
                 f"{self.budget.total_bytes / MEBIBYTE:,.0f} MiB at a time"
             )
         if not self.budget.try_reserve(cost):
-            raise DecodeBusyError(
+            raise ServerBusyError(
                 "the server is decoding other large images right now; "
                 f"try again in {self.retry_after_seconds} s",
                 headers={"Retry-After": str(self.retry_after_seconds)},

@@ -8,17 +8,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from common.preprocessing import IMAGE_SIZE, ImageInputError, decode_and_resize
 from gateway.errors import (
-    DecodeBusyError,
     MissingFileError,
     RequestTimeoutError,
+    ServerBusyError,
     TooManyFilesError,
     UploadTooLargeError,
 )
 from gateway.uploads import ImageDecoder, decode_for_model, max_body_bytes, read_multipart_files
 from tests.gateway import images
+from tests.gateway.conftest import MakeClient
 
 BOUNDARY = "test-boundary"
 HEADERS = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
@@ -114,7 +116,7 @@ def test_decoder_runs_off_the_event_loop() -> None:
 
 
 def test_decoder_refuses_what_does_not_fit_its_memory_budget() -> None:
-    """A decode reserves its header-estimated cost: over what is left -> DecodeBusyError (503 with
+    """A decode reserves its header-estimated cost: over what is left -> ServerBusyError (503 with
     Retry-After); over the whole budget -> UploadTooLargeError (413); the budget is given back
     when decodes end, failed ones included."""
     small = images.encode(images.gradient(320, 240), "PNG")  # ~0.7 MiB estimated
@@ -127,7 +129,7 @@ def test_decoder_refuses_what_does_not_fit_its_memory_budget() -> None:
         with pytest.raises(UploadTooLargeError, match="MiB"):
             await decoder.decode(big)
         assert decoder.budget.try_reserve(decoder.budget.total_bytes - (256 << 10))  # others hold it
-        with pytest.raises(DecodeBusyError) as busy:
+        with pytest.raises(ServerBusyError) as busy:
             await decoder.decode(small)
         assert busy.value.headers == {"Retry-After": "7"} and "try again in 7 s" in busy.value.message
         decoder.budget.release(decoder.budget.total_bytes - (256 << 10))
@@ -183,3 +185,24 @@ def test_a_body_that_does_not_arrive_in_time_is_dropped_with_408(
     with pytest.raises(RequestTimeoutError, match="did not arrive in time"):
         asyncio.run(reading())
     assert RequestTimeoutError.status_code == 408, what
+
+
+def test_uploads_being_read_share_one_memory_budget(make_client: MakeClient) -> None:
+    """Issue 13: stalled batch uploads held ~57 MiB each with no bound on their sum. Bytes are
+    taken from one budget as they arrive (503 + Retry-After when it is spent) and given back when
+    the request is answered, whatever the answer."""
+    client, _ = make_client(upload_memory_budget_bytes=1 << 20, retry_after_seconds=3)
+    budget = client.app.state.upload_budget  # type: ignore[attr-defined]
+    rng = np.random.default_rng(0)
+    big = images.encode(Image.fromarray(rng.integers(0, 256, (900, 1200, 3), dtype=np.uint8)), "PNG")
+    assert len(big) > 1 << 20
+    response = client.post("/predict", files={"file": ("big.png", big, "image/png")})
+    assert response.status_code == 503 and response.headers["Retry-After"] == "3"
+    assert "too many uploads" in response.json()["error"]
+    assert budget.reserved_bytes == 0
+    small = images.solid(20)
+    assert client.post("/predict", files={"file": ("s.png", small, "image/png")}).status_code == 200
+    assert (
+        client.post("/predict/batch", files=[("files", ("a.png", small, "image/png"))] * 3).status_code == 200
+    )
+    assert budget.reserved_bytes == 0
