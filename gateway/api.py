@@ -21,8 +21,8 @@ from gateway.dependencies import (
     DecoderDep,
     MetricsDep,
     ModelClientDep,
+    RoutingDep,
     SettingsDep,
-    TargetDep,
     TimingsDep,
     UploadHoldDep,
 )
@@ -147,7 +147,7 @@ async def predict(
     decoder: DecoderDep,
     metrics: MetricsDep,
     timings: TimingsDep,
-    target: TargetDep,
+    routing: RoutingDep,
     hold: UploadHoldDep,
 ) -> PredictionResponse:
     (file,) = await read_uploads(
@@ -161,7 +161,7 @@ async def predict(
         max_body=max_body_bytes(1, settings.max_upload_bytes),
     )
     decoded = await decode(decoder, file, timings)
-    batch = await call_model(client, decoded.pixels[np.newaxis], target, timings)
+    batch = await call_model(client, decoded.pixels[np.newaxis], routing.target(bytes(file.data)), timings)
     prediction = batch.predictions[0]
     observe(metrics, batch, prediction)
     return PredictionResponse(
@@ -192,12 +192,13 @@ async def predict_batch(
     decoder: DecoderDep,
     metrics: MetricsDep,
     timings: TimingsDep,
-    target: TargetDep,
+    routing: RoutingDep,
     hold: UploadHoldDep,
 ) -> BatchPredictionResponse:
     """Each file gets its own result; a bad file is reported in its item and the others still count.
 
-    All decodable images go to the model server in one Predict call.
+    The decodable images go to the model server in one Predict call per version they are routed
+    to (during a canary, each image meets the version its own bytes choose, as it would alone).
     """
     files = await read_uploads(
         request,
@@ -220,22 +221,32 @@ async def predict_batch(
             return error  # this file only: the others still get their answers
 
     outcomes = await asyncio.gather(*(decode_or_refuse(file) for file in files))
-    decoded = [outcome for outcome in outcomes if isinstance(outcome, DecodedImage)]
-    batch = None
-    if decoded:
-        batch = await call_model(client, np.stack([image.pixels for image in decoded]), target, timings)
-    predictions = iter(batch.predictions if batch else [])
+    groups: dict[ModelTarget, list[int]] = {}
+    for index, (file, outcome) in enumerate(zip(files, outcomes, strict=True)):
+        if isinstance(outcome, DecodedImage):
+            groups.setdefault(routing.target(bytes(file.data)), []).append(index)
+    answers = await asyncio.gather(
+        *(
+            call_model(client, np.stack([outcomes[index].pixels for index in indices]), group, timings)  # type: ignore[union-attr]
+            for group, indices in groups.items()
+        )
+    )
+    answered: dict[int, tuple[PredictionBatch, Prediction]] = {
+        index: (group_batch, prediction)
+        for group_batch, indices in zip(answers, groups.values(), strict=True)
+        for index, prediction in zip(indices, group_batch.predictions, strict=True)
+    }
+    batch = answers[0] if answers else None  # the batch-level fields: the first version that answered
     results: list[BatchItem] = []
-    for file, outcome in zip(files, outcomes, strict=True):
+    for index, (file, outcome) in enumerate(zip(files, outcomes, strict=True)):
         filename = display_filename(file.filename)
         if isinstance(outcome, (ImageInputError, GatewayError)):
             results.append(
                 BatchItem(success=False, filename=filename, error=str(outcome), status=status_for(outcome))
             )
             continue
-        assert batch is not None  # a decoded image means the model was called
-        prediction = next(predictions)
-        observe(metrics, batch, prediction)
+        group_batch, prediction = answered[index]
+        observe(metrics, group_batch, prediction)
         results.append(
             BatchItem(
                 success=True,
@@ -244,12 +255,14 @@ async def predict_batch(
                 score=prediction.probability,
                 label=prediction.label_name,  # type: ignore[arg-type]
                 threshold=prediction.threshold,
+                model_version=group_batch.model_version,
+                version_label=group_batch.version_label,
             )
         )
     return BatchPredictionResponse(
         model_name=batch.model_name if batch else settings.model_name,
         model_version=batch.model_version if batch else None,
-        version_label=batch.version_label if batch else target.version_label,
+        version_label=batch.version_label if batch else routing.target().version_label,
         request_id=request.state.request_id,
         results=results,
     )
@@ -306,8 +319,9 @@ async def metrics_endpoint(metrics: MetricsDep) -> Response:
     summary="The model a request would go to: metadata, threshold, canary split, model card",
 )
 async def model_info(
-    settings: SettingsDep, client: ModelClientDep, target: TargetDep, split: CanarySplitDep
+    settings: SettingsDep, client: ModelClientDep, routing: RoutingDep, split: CanarySplitDep
 ) -> ModelInfoResponse:
+    target = routing.target()
     metadata = await client.metadata(target)
     version, threshold = await client.threshold(target)
     canary = {"label": split.label, "percent": split.percent} if split.enabled else None

@@ -12,7 +12,7 @@ from fastapi import Depends, Header, Query, Request
 
 from gateway.errors import InvalidParameterError
 from gateway.metrics import GatewayMetrics, StageTimings
-from gateway.model_client import ModelClient, ModelTarget, choose_target
+from gateway.model_client import ModelClient, Routing
 from gateway.settings import VERSION_LABEL_PATTERN, Settings
 from gateway.traffic import CanarySplit, CanarySplitSource
 from gateway.uploads import ImageDecoder, UploadHold
@@ -71,7 +71,7 @@ CanarySplitDep = Annotated[CanarySplit, Depends(get_canary_split)]
 UploadHoldDep = Annotated[UploadHold, Depends(get_upload_hold)]
 
 
-def get_target(
+def get_routing(
     settings: SettingsDep,
     split: CanarySplitDep,
     version: Annotated[int | None, Query(ge=1, description="pin a model version number")] = None,
@@ -79,8 +79,9 @@ def get_target(
     x_model_version: Annotated[
         str | None, Header(description="pin a version number or label (same as the query parameters)")
     ] = None,
-) -> ModelTarget:
-    """The model version a request goes to: pinned by header/query, else settings' label (or canary)."""
+) -> Routing:
+    """Where a request goes: pinned by header/query, else settings' label or, by the image's
+    bytes, the canary (Routing.target)."""
     if x_model_version:
         pinned = x_model_version.strip()
         if pinned.isascii() and pinned.isdigit():  # not "²": str.isdigit() is true for it, int() fails
@@ -99,7 +100,7 @@ def get_target(
         )
     if label and not VERSION_LABEL_PATTERN.match(label):
         raise InvalidParameterError("version labels are 1-64 letters, digits, '-' or '_'")
-    return choose_target(settings, split, version=version, label=label or None)
+    return Routing(settings, split, version=version, label=label or None)
 
 
-TargetDep = Annotated[ModelTarget, Depends(get_target)]
+RoutingDep = Annotated[Routing, Depends(get_routing)]

@@ -111,6 +111,14 @@ class GatewayMetrics:
             registry=self.registry,
             buckets=LATENCY_BUCKETS,
         )
+        # The canary share in force (read at scrape time): the rollout waits until every gateway
+        # reports the new share before it judges the canary (k8s/rollout.py TrafficSwitch.settle).
+        self.canary_percent = Gauge(
+            "canary_percent",
+            "Share (0-100) of unpinned requests this gateway sends to the canary label now.",
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
         self.model_info = Gauge(
             "model_info",
             "1 for each model version that answered, with the version label that routed to it.",

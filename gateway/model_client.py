@@ -12,6 +12,7 @@ The decision threshold is one of the model's outputs, so the gateway keeps no co
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 import time
@@ -186,19 +187,44 @@ def routed_targets(settings: Settings, split: CanarySplit) -> list[ModelTarget]:
     return targets
 
 
+def content_share(content: bytes) -> float:
+    """Where an image falls in [0, 1): from a hash of its bytes, so the same image always falls at
+    the same place and meets the same version for a given canary share (and, as the share grows,
+    an image that met the canary keeps meeting it)."""
+    return int.from_bytes(hashlib.sha256(content).digest()[:8], "big") / 2.0**64
+
+
 def choose_target(
     settings: Settings,
     split: CanarySplit,
     version: int | None = None,
     label: str | None = None,
+    content: bytes | None = None,
     chance: Callable[[], float] = random.random,
 ) -> ModelTarget:
-    """A pinned version or label wins; otherwise `split.percent` of requests go to the canary label."""
+    """A pinned version or label wins; otherwise `split.percent` of requests go to the canary label:
+    chosen by the image's bytes when there is one (sticky), else at random."""
     if version is not None or label:
         return ModelTarget(version=version, label=label, pinned=True)
-    if split.enabled and chance() * 100.0 < split.percent:
+    if (
+        split.enabled
+        and (content_share(content) if content is not None else chance()) * 100.0 < split.percent
+    ):
         return ModelTarget(label=split.label)
     return default_target(settings)
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Where a request's images go: its pins (header or query), or the canary split by content."""
+
+    settings: Settings
+    split: CanarySplit
+    version: int | None = None
+    label: str | None = None
+
+    def target(self, content: bytes | None = None) -> ModelTarget:
+        return choose_target(self.settings, self.split, self.version, self.label, content)
 
 
 class ModelClient:

@@ -35,6 +35,8 @@ class BatchItem(BaseModel):
     threshold: float | None = None
     error: str | None = None
     status: int | None = Field(default=None, description="the HTTP status this file alone would get")
+    model_version: int | None = Field(default=None, description="the version that answered for this file")
+    version_label: str | None = None
 
 
 class BatchPredictionResponse(BaseModel):

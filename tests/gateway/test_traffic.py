@@ -95,3 +95,48 @@ def test_the_app_routes_by_the_file(make_client: MakeClient, tmp_path: Path) -> 
     client.post("/predict", files={"file": ("x.png", images.solid(1), "image/png")})
     assert fake.calls[-1][1].label == "canary" and not fake.calls[-1][1].pinned
     assert client.get("/v1/model").json()["canary"] == {"label": "canary", "percent": 100.0}
+
+
+def test_the_share_in_force_is_exported_for_the_rollout(make_client: MakeClient, tmp_path: Path) -> None:
+    """Issue 14: k8s/rollout.py waits for aidetect_gateway_canary_percent on every gateway before
+    it judges a canary; nobody exported it, so every rollout fell back to a fixed pause."""
+    from k8s import canary_watch
+
+    path = tmp_path / "traffic.json"
+    write(path, {"canary_label": "canary", "canary_percent": 25.0}, 1)
+    client, _ = make_client(canary_file=path)
+
+    def share() -> list[float]:
+        return canary_watch.parse_gauge(client.get("/metrics").text, canary_watch.CANARY_SHARE_METRIC)
+
+    assert share() == [25.0]
+    write(path, {"canary_label": "canary", "canary_percent": 0}, 2)
+    assert share() == [25.0]  # not read yet
+    client.app.state.canary_split.refresh()  # type: ignore[attr-defined]
+    assert share() == [0.0]
+
+
+def test_an_image_meets_one_version_for_a_given_share(make_client: MakeClient) -> None:
+    """Issue 14: the split was random per request, so the same image uploaded twice during a
+    rollout could get verdicts from two versions. Now its bytes choose: the same image always meets
+    the same label; about the share of distinct images meets the canary; a batch sends each image
+    where it would go alone (one Predict per version)."""
+    client, fake = make_client(canary_percent=30.0)
+    uploads = [images.solid(value) for value in range(0, 250, 2)]
+    routes = []
+    for data in uploads:
+        labels = set()
+        for _ in range(3):
+            assert client.post("/predict", files={"file": ("x.png", data, "image/png")}).status_code == 200
+            labels.add(fake.calls[-1][1].label)
+        assert len(labels) == 1, labels
+        routes.append(labels.pop())
+    canary_share = routes.count("canary") / len(routes)
+    assert 0.15 < canary_share < 0.45, canary_share  # 125 images, share 30%: within ~3 sd
+    fake.calls.clear()
+    batch = [("files", (f"{index}.png", data, "image/png")) for index, data in enumerate(uploads[:12])]
+    response = client.post("/predict/batch", files=batch)
+    assert response.status_code == 200
+    items = response.json()["results"]
+    assert [item["version_label"] for item in items] == routes[:12]
+    assert len(fake.calls) == len(set(routes[:12]))  # one model call per version
