@@ -44,6 +44,7 @@ class GatewayError(Exception):
         self.message = message
         self.headers = dict(headers or {})
         self.details = dict(details or {})  # extra fields of the JSON body
+        self.upstream_status: str | None = None  # the model server's gRPC status, when it caused this
 
 
 class BadRequestError(GatewayError):
@@ -172,6 +173,16 @@ def error_response(
 
 async def handle_gateway_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, GatewayError)
+    if error.status_code >= 500:
+        # Every 5xx the gateway answers (502/503/504) is logged with the request id, which the
+        # model server logged too, and the model server's status when it caused it.
+        logger.warning(
+            "answered %d request_id=%s upstream_status=%s: %s",
+            error.status_code,
+            getattr(request.state, "request_id", None),
+            error.upstream_status or "-",
+            error.message,
+        )
     return error_response(request, error.status_code, error.message, error.headers, error.details)
 
 

@@ -28,7 +28,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from gateway import api
 from gateway.errors import register_error_handlers
 from gateway.metrics import GatewayMetrics, StageTimings
-from gateway.model_client import ModelClient
+from gateway.model_client import CURRENT_REQUEST_ID, ModelClient
 from gateway.security import AccessControl
 from gateway.settings import Settings, get_settings
 from gateway.traffic import CanarySplitSource
@@ -81,6 +81,7 @@ class RequestContextMiddleware:
         timings = StageTimings(self.metrics)
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
+        request_id_token = CURRENT_REQUEST_ID.set(request_id)  # sent to the model server (gRPC metadata)
         state["timings"] = timings
         status_code = 500  # unless a response starts: an exception escaped the handlers
 
@@ -96,6 +97,7 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_request_id)
         finally:
+            CURRENT_REQUEST_ID.reset(request_id_token)
             self.metrics.in_flight.dec()
             elapsed = time.perf_counter() - started
             if timings.seconds:  # a prediction route: its stages were timed

@@ -17,6 +17,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -148,15 +149,29 @@ class VersionStatus:
         return asdict(self)
 
 
-def translate_rpc_error(error: grpc.aio.AioRpcError, target: ModelTarget, settings: Settings) -> GatewayError:
-    """A gRPC failure as the gateway error (and so the HTTP status) it means for the client."""
+def translate_rpc_error(
+    error: grpc.aio.AioRpcError,
+    target: ModelTarget,
+    settings: Settings,
+    deadline_seconds: float | None = None,
+) -> GatewayError:
+    """A gRPC failure as the gateway error (and so the HTTP status) it means for the client; the
+    model server's status code goes along (`upstream_status`) for the gateway's log."""
+    translated = _translate(error, target, settings, deadline_seconds or settings.request_timeout_seconds)
+    translated.upstream_status = error.code().name
+    return translated
+
+
+def _translate(
+    error: grpc.aio.AioRpcError, target: ModelTarget, settings: Settings, deadline_seconds: float
+) -> GatewayError:
     code = error.code()
     details = error.details() or code.name
     retry_after = {"Retry-After": str(settings.retry_after_seconds)}
     name = settings.model_name
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return UpstreamTimeoutError(
-            f"the model server did not answer within {settings.request_timeout_seconds:g} s"
+            f"the model server did not answer within {deadline_seconds:g} s (retries included)"
         )
     if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT) and target.pinned:
         # TF Serving: NOT_FOUND for an unknown version, INVALID_ARGUMENT for an unknown label.
@@ -185,6 +200,12 @@ def routed_targets(settings: Settings, split: CanarySplit) -> list[ModelTarget]:
     if split.enabled:
         targets.append(ModelTarget(label=split.label))
     return targets
+
+
+# The gateway's request id, set per request by the request-context middleware (gateway/main.py)
+# and sent to the model server with every call of that request.
+CURRENT_REQUEST_ID: ContextVar[str | None] = ContextVar("aidetect_request_id", default=None)
+REQUEST_ID_METADATA = "x-request-id"
 
 
 def content_share(content: bytes) -> float:
@@ -402,21 +423,36 @@ class ModelClient:
         retries: int | None = None,
         timeout: float | None = None,
     ) -> Any:
-        """One RPC with a deadline per attempt; only UNAVAILABLE is retried (the call never started)."""
+        """One RPC under one deadline for all its attempts (the 504 then says the truth); only
+        UNAVAILABLE is retried (the call never started), and only while the deadline leaves time.
+        The request id goes along as gRPC metadata (`x-request-id`), for the model server's log."""
         attempts = 1 + (self.settings.max_retries if retries is None else retries)
-        deadline = timeout or self.settings.request_timeout_seconds
+        total = timeout or self.settings.request_timeout_seconds
+        deadline = time.monotonic() + total
+        request_id = CURRENT_REQUEST_ID.get()
+        metadata = ((REQUEST_ID_METADATA, request_id),) if request_id else None
         for attempt in range(attempts):
             try:
-                return await method(request, timeout=deadline)
+                return await method(
+                    request, timeout=max(0.001, deadline - time.monotonic()), metadata=metadata
+                )
             except grpc.aio.AioRpcError as error:
                 self.metrics.upstream_errors.labels(code=error.code().name).inc()
-                if error.code() != grpc.StatusCode.UNAVAILABLE or attempt == attempts - 1:
-                    raise translate_rpc_error(error, target, self.settings) from error
-                self.metrics.upstream_retries.inc()
                 # Exponential backoff with jitter, so many gateways do not retry in step.
                 delay = self.settings.retry_backoff_seconds * (2**attempt) * self._random.uniform(0.5, 1.0)
+                if (
+                    error.code() != grpc.StatusCode.UNAVAILABLE
+                    or attempt == attempts - 1
+                    or time.monotonic() + delay >= deadline
+                ):
+                    raise translate_rpc_error(error, target, self.settings, total) from error
+                self.metrics.upstream_retries.inc()
                 logger.warning(
-                    "model server unavailable (%s); retry %d in %.2f s", error.details(), attempt + 1, delay
+                    "model server unavailable (%s); retry %d in %.2f s request_id=%s",
+                    error.details(),
+                    attempt + 1,
+                    delay,
+                    request_id,
                 )
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable: the last attempt returns or raises")

@@ -45,6 +45,17 @@ HEALTH_SERVICE_NAMES = (
 )
 
 
+REQUEST_ID_METADATA = "x-request-id"
+
+
+def request_id_of(context: grpc.ServicerContext) -> str | None:
+    """The caller's request id (gRPC metadata `x-request-id`, sent by the gateway), if any."""
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_METADATA and isinstance(value, str):
+            return value[:128]
+    return None
+
+
 def version_choice(model_spec: model_pb2.ModelSpec) -> tuple[int | None, str | None]:
     """(version, label) a ModelSpec asks for; (None, None) means the latest."""
     choice = model_spec.WhichOneof("version_choice")
@@ -112,6 +123,10 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             return self._predict(request)
         except ServingError as error:
             status = error.code_name
+            # The gateway sends its request id as metadata: the two logs meet on it.
+            logger.warning(
+                "Predict %s request_id=%s: %s", status, request_id_of(context) or "-", error.message[:500]
+            )
             context.abort(error.code, error.message)
         finally:
             self._metrics.in_flight_requests.increment("GRPC", amount=-1)

@@ -7,6 +7,7 @@ errors that must not be retried, a slow answer (deadline), odd metadata and outp
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +32,7 @@ from gateway.errors import (
     UpstreamTimeoutError,
 )
 from gateway.metrics import GatewayMetrics
-from gateway.model_client import ModelClient, ModelTarget, choose_target
+from gateway.model_client import CURRENT_REQUEST_ID, ModelClient, ModelTarget, choose_target
 from gateway.settings import Settings
 from gateway.tensors import to_numpy, to_tensor_proto
 from gateway.traffic import CanarySplit
@@ -69,10 +70,12 @@ class ScriptedServer(
     state: int = get_model_status_pb2.ModelVersionStatus.AVAILABLE
     calls: list[str] = field(default_factory=list)
     requests: list[Any] = field(default_factory=list)
+    request_ids: list[str | None] = field(default_factory=list)
 
     async def _answer(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> None:
         self.calls.append(method)
         self.requests.append(request)
+        self.request_ids.append(dict(context.invocation_metadata() or ()).get("x-request-id"))
         if self.delay_seconds:
             await asyncio.sleep(self.delay_seconds)
         if self.failures:
@@ -209,6 +212,35 @@ def test_a_slow_model_server_misses_the_deadline() -> None:
         run_with_server(
             scripted, lambda client: client.predict(images_of(1), STABLE), request_timeout_seconds=0.2
         )
+
+
+def test_one_deadline_covers_every_attempt() -> None:
+    """Issue 14: the deadline applied per attempt, so with retries a call took ~30 s while the 504
+    said 10 s. Here each attempt takes 0.6 s and fails UNAVAILABLE: with a 1 s deadline the call
+    ends after about 1 s (six attempts of 1 s each before), and the message says so."""
+    scripted = ScriptedServer(failures=[grpc.StatusCode.UNAVAILABLE] * 10, delay_seconds=0.6)
+    started = time.monotonic()
+    with pytest.raises((UpstreamTimeoutError, ModelUnavailableError)) as failed:
+        run_with_server(
+            scripted,
+            lambda client: client.predict(images_of(1), STABLE),
+            request_timeout_seconds=1.0,
+            max_retries=5,
+        )
+    elapsed = time.monotonic() - started
+    assert len(scripted.calls) <= 2 and elapsed < 2.5, (scripted.calls, elapsed)
+    if isinstance(failed.value, UpstreamTimeoutError):
+        assert "within 1 s (retries included)" in failed.value.message
+
+
+def test_the_request_id_goes_to_the_model_server() -> None:
+    async def body(client: ModelClient) -> None:
+        CURRENT_REQUEST_ID.set("req-1234")
+        await client.predict(images_of(1), STABLE)
+
+    scripted = ScriptedServer()
+    run_with_server(scripted, body)
+    assert scripted.request_ids and set(scripted.request_ids) == {"req-1234"}
 
 
 def test_nobody_listening_is_model_unavailable() -> None:

@@ -152,3 +152,19 @@ def test_the_access_log_cannot_be_given_forged_lines(caplog: pytest.LogCaptureFi
     line = record.getMessage()
     assert "\n" not in line and "\r" not in line and " INFO " not in line
     assert "path=/x%0A2026-12-01%20INFO%20gateway.access" in line and "%C3%A9" in line
+
+
+def test_every_5xx_is_logged_with_the_request_id_and_the_model_servers_status(
+    make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 14: 502/503/504 answers were not logged; now with the id the model server logged too."""
+    from gateway.errors import ModelUnavailableError
+
+    client, fake = make_client()
+    error = ModelUnavailableError("model 'ai_detector' (label 'stable') is unavailable: not loaded")
+    error.upstream_status = "UNAVAILABLE"
+    fake.error = error
+    with caplog.at_level(logging.WARNING, logger="gateway.errors"):
+        response = client.post("/predict", files=upload(), headers={"X-Request-Id": "trace-42"})
+    assert response.status_code == 503
+    assert "answered 503 request_id=trace-42 upstream_status=UNAVAILABLE: model 'ai_detector'" in caplog.text

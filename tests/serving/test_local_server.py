@@ -26,6 +26,7 @@ from tensorflow_serving.apis import get_model_metadata_pb2, model_management_pb2
 
 from common import model_config, signatures
 from common.preprocessing import IMAGE_SIZE, decode_and_resize
+from serving.runtime import ndarray_to_tensor_proto
 from tests.serving.local_server_support import (
     MODEL_NAME,
     SHARED,
@@ -38,6 +39,7 @@ from tests.serving.local_server_support import (
     eventually,
     metric_value,
     png_bytes,
+    predict_request,
     random_images,
     start_server,
     tiny_logit,
@@ -321,6 +323,20 @@ def test_predict_errors_for_what_does_not_exist(
 ) -> None:
     error = error_of(lambda: client.predict({signatures.IMAGE_INPUT: random_images(1)}, **request_kwargs))
     assert (error.code(), error.details()) == (code, message)
+
+
+def test_a_failed_predict_is_logged_with_the_callers_request_id(
+    client: Client, server: ServerProcess
+) -> None:
+    """Issue 14: one request id end to end: the gateway sends it as metadata `x-request-id`."""
+    request = predict_request(
+        {signatures.IMAGE_INPUT: ndarray_to_tensor_proto(random_images(1))},
+        signatures.SERVING_SIGNATURE,
+        "no_such_model",
+    )
+    with pytest.raises(grpc.RpcError):
+        client.predictions.Predict(request, timeout=10, metadata=(("x-request-id", "gw-7f3a9c"),))
+    eventually(lambda: "request_id=gw-7f3a9c" in server.log(), "the request id in the log", server)
 
 
 @pytest.mark.parametrize(
