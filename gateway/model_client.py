@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import random
 import time
@@ -274,6 +275,15 @@ class ModelClient:
             ("grpc.min_reconnect_backoff_ms", RECONNECT_BACKOFF_MILLISECONDS[0]),
             ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MILLISECONDS[1]),
             ("grpc.keepalive_time_ms", 30_000),
+            # Balance each call over every address the target resolves to (a headless Service's
+            # pods), not one long-lived connection to whichever answered first; a dead address
+            # leaves the rotation at once and comes back once it accepts connections again.
+            (
+                "grpc.service_config",
+                json.dumps({"loadBalancingConfig": [{self.settings.model_server_load_balancing: {}}]}),
+            ),
+            # Re-resolve the name at least this often (new pods join the rotation).
+            ("grpc.dns_min_time_between_resolutions_ms", 5_000),
         ]
         self._channel = grpc.aio.insecure_channel(self.settings.model_server_address, options=options)
         self._prediction_stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)

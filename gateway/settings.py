@@ -10,7 +10,7 @@ import ipaddress
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -51,8 +51,12 @@ class Settings(BaseSettings):
     # On SIGTERM, requests in flight get this long to finish; below the pod's grace period (30 s).
     graceful_shutdown_seconds: int = Field(default=20, ge=1)
 
-    # The model server (TF Serving or the local server) and what to ask it for.
+    # The model server (TF Serving or the local server) and what to ask it for. Any gRPC target:
+    # `host:port`, `dns:///tf-serving-headless:8510` (every address the name resolves to), or
+    # `ipv4:127.0.0.2:8500,127.0.0.3:8500`; with several addresses, every Predict is balanced over
+    # the ready ones by `model_server_load_balancing` (gRPC's `round_robin`, or `pick_first`).
     model_server_address: str = "127.0.0.1:8500"
+    model_server_load_balancing: Literal["round_robin", "pick_first"] = "round_robin"
     model_name: str = DEFAULT_MODEL_NAME
     # Version label used when a request pins nothing; "" asks for the latest loaded version.
     version_label: str = STABLE_LABEL

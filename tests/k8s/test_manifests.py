@@ -369,6 +369,17 @@ def test_only_the_gateway_reaches_tf_serving(rendered: dict[str, list[dict[str, 
     }
     assert filter_ports == {"grpc-filtered": 8510, "metrics": 8511}
     assert sorted(port["targetPort"] for port in services[0]["spec"]["ports"]) == ["grpc-filtered", "metrics"]
+    # Issue 14: the gateways balance each Predict over every pod (headless Service, round_robin).
+    headless = find(objects, "Service", "tf-serving-headless")["spec"]
+    assert headless["clusterIP"] == "None" and headless["ports"][0]["targetPort"] == "grpc-filtered"
+    (settings,) = [
+        item["data"]
+        for item in objects
+        if item["kind"] == "ConfigMap" and item["metadata"]["name"].startswith("gateway-settings")
+    ]
+    assert settings["AIDETECT_GATEWAY_MODEL_SERVER_ADDRESS"].startswith("dns:///tf-serving-headless.")
+    assert settings["AIDETECT_GATEWAY_MODEL_SERVER_ADDRESS"].endswith(":8510")
+    assert settings["AIDETECT_GATEWAY_MODEL_SERVER_LOAD_BALANCING"] == "round_robin"
     gateway_egress = find(objects, "NetworkPolicy", "gateway")["spec"]["egress"]
     assert [8510] in [sorted(port["port"] for port in rule["ports"]) for rule in gateway_egress]
 
