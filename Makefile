@@ -12,7 +12,7 @@ USERS ?= 10
 SPAWN_RATE ?= 2
 DURATION ?= 60s
 
-.PHONY: setup lock tools browser nginx run test lint typecheck pytest train evaluate data-report clean k8s-render loadtest soak fuzz
+.PHONY: setup lock tools browser nginx redis run test lint typecheck pytest train evaluate data-report clean k8s-render loadtest soak fuzz
 
 setup: $(VENV)/.installed
 
@@ -30,11 +30,15 @@ lock:
 	.venv-lock/bin/uv pip compile pyproject.toml --extra dev $(LOCK_FLAGS) $(if $(UPGRADE),--upgrade) -o requirements.lock
 	.venv-lock/bin/uv pip compile pyproject.toml --extra gateway -c requirements.lock $(LOCK_FLAGS) -o gateway/requirements.lock
 
-tools: $(TOOLS_VENV)/.installed browser nginx
+tools: $(TOOLS_VENV)/.installed browser nginx redis
 
 # The browser test drives Debian's Chromium (never a downloaded browser); installed once, as root.
 browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
+# Debian's redis-server: the gateways' shared rate limits are tested against it.
+redis:
+	@command -v redis-server >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null)
 
 # The model server's API filter (k8s/base/tf-serving/api-filter.conf) is tested with Debian's nginx.
 nginx:

@@ -172,7 +172,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics
-    app.state.access_control = AccessControl(settings)
+    app.state.access_control = AccessControl(settings, metrics)
     app.state.canary_split = CanarySplitSource(settings)
     metrics.canary_percent.set_function(lambda: app.state.canary_split.current().percent)
     app.state.upload_budget = MemoryBudget(settings.upload_memory_budget_bytes)

@@ -111,6 +111,12 @@ class GatewayMetrics:
             registry=self.registry,
             buckets=LATENCY_BUCKETS,
         )
+        self.rate_limit_store_errors = Counter(
+            "rate_limit_store_errors",
+            "Requests let through because the rate-limit store could not be reached (fail open).",
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
         # The canary share in force (read at scrape time): the rollout waits until every gateway
         # reports the new share before it judges the canary (k8s/rollout.py TrafficSwitch.settle).
         self.canary_percent = Gauge(

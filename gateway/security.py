@@ -1,27 +1,33 @@
-"""Optional API keys (header X-API-Key) and per-client token-bucket rate limiting.
+"""Optional API keys (header X-API-Key) and per-client rate limits.
 
 Both are off by default (local use); settings switch them on. Clients are identified by their
-API key when keys are on, else by address (the first X-Forwarded-For hop behind a trusted proxy).
-The limiter lives in the process: with several gateway replicas each one limits on its own.
+API key when keys are on, else by address (from X-Forwarded-For only behind trusted proxies).
+The limits' counters live in the process, or in Redis where every replica shares them
+(`rate_limit_storage_url`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import logging
 import math
-import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable
 
 from fastapi import Request
+from limits import RateLimitItemPerSecond
+from limits.aio.strategies import MovingWindowRateLimiter
+from limits.storage import storage_from_string
 
 from gateway.errors import RateLimitedError, UnauthorizedError
+from gateway.metrics import GatewayMetrics
 from gateway.settings import Settings
 
+logger = logging.getLogger(__name__)
+
 API_KEY_HEADER = "X-API-Key"
-MAX_TRACKED_CLIENTS = 10_000  # least recently seen clients are forgotten beyond this
+STORE_TIMEOUT_SECONDS = 0.5  # a rate-limit store slower than this counts as unreachable
 
 
 class ApiKeyChecker:
@@ -43,42 +49,57 @@ class ApiKeyChecker:
             raise UnauthorizedError("invalid API key")
 
 
-class TokenBucketLimiter:
-    """`rate_per_minute` tokens a minute per client, at most `burst` saved up; one token a request."""
+class RateLimiter:
+    """Per-client rate limits with the `limits` library, in this process or shared in Redis.
+
+    `rate_per_minute` on average, at most `burst` at once: a moving window of `burst` requests per
+    the time `burst` requests take at that rate. With `storage_url` (`redis://host:6379/0`) every
+    gateway replica counts in the same window, so a client gets the configured limit however many
+    replicas the autoscaler runs. When the store cannot be reached the request is let through
+    (fail open: a store outage must not take the API down), counted in
+    aidetect_gateway_rate_limit_store_errors_total and logged at most every 10 s.
+    """
 
     def __init__(
-        self,
-        rate_per_minute: float,
-        burst: int,
-        max_clients: int = MAX_TRACKED_CLIENTS,
-        clock: Callable[[], float] = time.monotonic,
+        self, rate_per_minute: float, burst: int, storage_url: str = "", metrics: GatewayMetrics | None = None
     ) -> None:
-        self.rate_per_second = rate_per_minute / 60.0
-        self.burst = float(burst)
-        self.max_clients = max_clients
-        self._clock = clock
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # client -> (tokens, updated_at)
-        self._lock = threading.Lock()
+        self.enabled = rate_per_minute > 0
+        self.metrics = metrics
+        self._last_logged = float("-inf")
+        window_seconds = max(1, math.ceil(burst * 60.0 / rate_per_minute)) if self.enabled else 1
+        self.item = RateLimitItemPerSecond(burst, window_seconds, namespace="aidetect")
+        self.storage = storage_from_string(
+            "async+" + storage_url if storage_url else "async+memory://",
+            **(
+                {"connect_timeout": STORE_TIMEOUT_SECONDS, "stream_timeout": STORE_TIMEOUT_SECONDS}
+                if storage_url
+                else {}
+            ),
+        )
+        self.strategy = MovingWindowRateLimiter(self.storage)
 
-    @property
-    def enabled(self) -> bool:
-        return self.rate_per_second > 0
-
-    def acquire(self, client: str) -> None:
+    async def acquire(self, client: str) -> None:
         if not self.enabled:
             return
-        with self._lock:
-            now = self._clock()
-            tokens, updated_at = self._buckets.pop(client, (self.burst, now))
-            tokens = min(self.burst, tokens + (now - updated_at) * self.rate_per_second)
-            allowed = tokens >= 1.0
-            if allowed:
-                tokens -= 1.0
-            self._buckets[client] = (tokens, now)
-            while len(self._buckets) > self.max_clients:
-                self._buckets.popitem(last=False)
+        try:
+            async with asyncio.timeout(STORE_TIMEOUT_SECONDS):
+                allowed = await self.strategy.hit(self.item, client)
+                stats = None if allowed else await self.strategy.get_window_stats(self.item, client)
+        except Exception as error:  # noqa: BLE001 - any store failure: fail open, counted and logged
+            if self.metrics is not None:
+                self.metrics.rate_limit_store_errors.inc()
+            now = time.monotonic()
+            if now - self._last_logged >= 10.0:
+                self._last_logged = now
+                logger.warning(
+                    "rate-limit store unreachable (%s: %s); letting requests through",
+                    type(error).__name__,
+                    error,
+                )
+            return
         if not allowed:
-            wait_seconds = max(1, math.ceil((1.0 - tokens) / self.rate_per_second))
+            assert stats is not None
+            wait_seconds = max(1, math.ceil(stats.reset_time - time.time()))
             raise RateLimitedError(
                 f"rate limit exceeded: try again in {wait_seconds} s",
                 headers={"Retry-After": str(wait_seconds)},
@@ -88,9 +109,14 @@ class TokenBucketLimiter:
 class AccessControl:
     """API keys and rate limits for one app, from its settings."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: GatewayMetrics | None = None) -> None:
         self.api_keys = ApiKeyChecker(settings.api_keys)
-        self.limiter = TokenBucketLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+        self.limiter = RateLimiter(
+            settings.rate_limit_per_minute,
+            settings.rate_limit_burst,
+            settings.rate_limit_storage_url,
+            metrics,
+        )
 
     def client_identity(self, request: Request, api_key: str | None) -> str:
         if self.api_keys.enabled and api_key:
@@ -100,13 +126,13 @@ class AccessControl:
         # client's address here from X-Forwarded-For.
         return "address:" + (request.client.host if request.client else "unknown")
 
-    def check(self, request: Request) -> None:
+    async def check(self, request: Request) -> None:
         api_key = request.headers.get(API_KEY_HEADER)
         self.api_keys.check(api_key)
-        self.limiter.acquire(self.client_identity(request, api_key))
+        await self.limiter.acquire(self.client_identity(request, api_key))
 
 
-def enforce_access(request: Request) -> None:
+async def enforce_access(request: Request) -> None:
     """FastAPI dependency of the prediction and model routes."""
     access: AccessControl = request.app.state.access_control
-    access.check(request)
+    await access.check(request)

@@ -104,6 +104,9 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     rate_limit_per_minute: float = Field(default=0.0, ge=0.0)
     rate_limit_burst: int = Field(default=10, ge=1)
+    # Where the limits' counters live: "" (this process) or a Redis URL (redis://host:6379/0)
+    # that every gateway replica shares, so the limit holds whatever the replica count.
+    rate_limit_storage_url: str = ""
     # Behind a proxy (the ingress): the addresses or networks (CIDR) of the proxies trusted to set
     # X-Forwarded-For. From a trusted peer, the client is the right-most address that is not a
     # trusted proxy (uvicorn's ProxyHeadersMiddleware), so entries a client forges on the left

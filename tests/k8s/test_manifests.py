@@ -380,6 +380,11 @@ def test_only_the_gateway_reaches_tf_serving(rendered: dict[str, list[dict[str, 
     assert settings["AIDETECT_GATEWAY_MODEL_SERVER_ADDRESS"].startswith("dns:///tf-serving-headless.")
     assert settings["AIDETECT_GATEWAY_MODEL_SERVER_ADDRESS"].endswith(":8510")
     assert settings["AIDETECT_GATEWAY_MODEL_SERVER_LOAD_BALANCING"] == "round_robin"
+    # Rate limits shared by the replicas in the Redis only the gateways reach.
+    assert settings["AIDETECT_GATEWAY_RATE_LIMIT_STORAGE_URL"] == "redis://redis:6379/0"
+    assert find(objects, "Service", "redis")["spec"]["ports"][0]["port"] == 6379
+    (redis_rule,) = find(objects, "NetworkPolicy", "redis")["spec"]["ingress"]
+    assert redis_rule["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "gateway"}}}]
     gateway_egress = find(objects, "NetworkPolicy", "gateway")["spec"]["egress"]
     assert [8510] in [sorted(port["port"] for port in rule["ports"]) for rule in gateway_egress]
 
