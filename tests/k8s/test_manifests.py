@@ -380,6 +380,13 @@ def test_only_the_gateway_reaches_tf_serving(rendered: dict[str, list[dict[str, 
     assert settings["AIDETECT_GATEWAY_MODEL_SERVER_ADDRESS"].startswith("dns:///tf-serving-headless.")
     assert settings["AIDETECT_GATEWAY_MODEL_SERVER_ADDRESS"].endswith(":8510")
     assert settings["AIDETECT_GATEWAY_MODEL_SERVER_LOAD_BALANCING"] == "round_robin"
+    # The model card in production: the gateway reads it from the models volume, read-only.
+    assert settings["AIDETECT_GATEWAY_MODEL_CARD_DIRECTORY"] == "/models/ai_detector"
+    gateway_pod = find(objects, "Deployment", "gateway")["spec"]["template"]["spec"]
+    claims = {volume["name"]: volume.get("persistentVolumeClaim") for volume in gateway_pod["volumes"]}
+    assert claims["models"] == {"claimName": "models", "readOnly": True}
+    mounts = {mount["name"]: mount for mount in container(objects, "gateway")["volumeMounts"]}
+    assert mounts["models"] == {"name": "models", "mountPath": "/models", "readOnly": True}
     # Rate limits shared by the replicas in the Redis only the gateways reach.
     assert settings["AIDETECT_GATEWAY_RATE_LIMIT_STORAGE_URL"] == "redis://redis:6379/0"
     assert find(objects, "Service", "redis")["spec"]["ports"][0]["port"] == 6379

@@ -353,6 +353,10 @@ def test_compose_ports_follow_the_contract() -> None:
         container_ports = {port.rsplit(":", 1)[1] for port in service["ports"]}
         assert container_ports == {"8500", "8501"}, name
     assert any(port.endswith(":8000") for port in services["gateway"]["ports"])
+    # Issue 14: the gateway reads the model cards from the same models folder, read-only.
+    gateway = services["gateway"]
+    assert "./models:/models:ro" in gateway["volumes"]
+    assert gateway["environment"]["AIDETECT_GATEWAY_MODEL_CARD_DIRECTORY"] == "/models/ai_detector"
     # Issue 13: nothing is published beyond loopback (the gateway has no API key in compose).
     for name, service in services.items():
         assert all(str(port).startswith("127.0.0.1:") for port in service.get("ports", [])), name
