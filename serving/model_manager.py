@@ -49,7 +49,15 @@ from serving.errors import (
     UnimplementedError,
 )
 from serving.metrics import ServerMetrics
-from serving.runtime import Runtime, SignatureSpec, load_runtime, numpy_dtype_name, read_signature_defs
+from serving.runtime import (
+    RUNTIME_LABEL,
+    Runtime,
+    RuntimeFactory,
+    SignatureSpec,
+    load_runtime,
+    numpy_dtype_name,
+    read_signature_defs,
+)
 from serving.runtime import tensor_proto_to_ndarray as decode_tensor
 
 logger = logging.getLogger(__name__)
@@ -75,7 +83,6 @@ class ServableVersion:
     state: VersionState = VersionState.START
     error: ServingError | None = None
     runtime: Runtime | None = None
-    runtime_kind: str = ""
     signature_defs: dict[str, meta_graph_pb2.SignatureDef] = field(default_factory=dict)
     signatures: dict[str, SignatureSpec] = field(default_factory=dict)
     in_flight: int = 0
@@ -199,7 +206,7 @@ class ModelManager:
     def __init__(
         self,
         *,
-        runtime_kind: str,
+        runtime_factory: RuntimeFactory = load_runtime,
         metrics: ServerMetrics,
         prefix_map: Sequence[tuple[str, Path]] = (),
         batch_scheduler: BatchScheduler | None = None,
@@ -211,7 +218,7 @@ class ModelManager:
         file_system_poll_seconds: float = 1.0,
         load_threads: int = 1,
     ) -> None:
-        self.runtime_kind = runtime_kind
+        self._runtime_factory = runtime_factory
         self._metrics = metrics
         self._prefix_map = list(prefix_map)
         self._batch_scheduler = batch_scheduler
@@ -472,8 +479,7 @@ class ModelManager:
         while True:
             started = time.monotonic()
             try:
-                servable.runtime_kind = self.runtime_kind
-                servable.runtime = load_runtime(self.runtime_kind, servable.path)
+                servable.runtime = self._runtime_factory(servable.path)
                 servable.signature_defs = read_signature_defs(servable.path)
                 servable.signatures = servable.runtime.signatures()
                 if self._enable_warmup:
@@ -651,7 +657,7 @@ class ModelManager:
             started = time.monotonic()
             outputs = runtime.run(name, batch)
             self._metrics.runtime_latency.observe(
-                (time.monotonic() - started) * 1e6, servable.model_name, "Predict", servable.runtime_kind
+                (time.monotonic() - started) * 1e6, servable.model_name, "Predict", RUNTIME_LABEL
             )
             return outputs
 

@@ -1,12 +1,10 @@
-"""What executes a SavedModel's signatures: one protocol, a TensorFlow reference and a registry.
+"""What executes a SavedModel's signatures: one protocol and TensorFlow, as in TF Serving.
 
-The model manager only talks to :class:`Runtime`. A runtime is built by
-:func:`load_runtime` from a registered name; the registry holds "module:Class" strings so a
-runtime's heavy imports (TensorFlow, OpenVINO) happen only when it is used, and so the
-OpenVINO runtime (`serving/openvino_runtime.py`, class `OpenVINORuntime`, name "openvino")
-plugs in without this file importing it. A runtime class is constructed as
-`RuntimeClass(version_path)` and raises :class:`serving.errors.InvalidArgumentError` for bad
-input in :meth:`Runtime.run`.
+The model manager only talks to :class:`Runtime`; :func:`load_runtime` builds the TensorFlow one
+(tests give the manager a factory of their own). A runtime raises
+:class:`serving.errors.InvalidArgumentError` for bad input in :meth:`Runtime.run`. (An OpenVINO
+runtime was measured and retired: TF Serving, the production engine, cannot use it;
+docs/runtime-comparison.md keeps its numbers.)
 
 Signatures are read straight from `saved_model.pb` (:func:`read_signature_defs`), without
 TensorFlow, so every runtime reports the same names, dtypes and shapes, and GetModelMetadata
@@ -19,7 +17,6 @@ request path never calls into TensorFlow.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 import threading
@@ -331,36 +328,13 @@ class TensorFlowRuntime:
         del self._loaded
 
 
-# ---------------------------------------------------------------- registry
+# ---------------------------------------------------------------- loading
 
 RuntimeFactory = Callable[[Path], Runtime]
-
-_RUNTIMES: dict[str, str | RuntimeFactory] = {
-    "tensorflow": "serving.runtime:TensorFlowRuntime",
-    "openvino": "serving.openvino_runtime:OpenVINORuntime",
-}
+RUNTIME_LABEL = "tensorflow"  # TF Serving's `runtime` label of its latency metrics for SavedModels
 
 
-def register_runtime(kind: str, factory: str | RuntimeFactory) -> None:
-    """Add a runtime under `kind`: a callable `(version_path) -> Runtime` or a "module:Class" string."""
-    _RUNTIMES[kind] = factory
-
-
-def runtime_kinds() -> list[str]:
-    return sorted(_RUNTIMES)
-
-
-def runtime_factory(kind: str) -> RuntimeFactory:
-    """The factory registered as `kind`; a "module:Class" kind is imported directly (plugins, tests)."""
-    target = _RUNTIMES.get(kind, kind if ":" in kind else None)
-    if target is None:
-        raise ValueError(f"unknown runtime {kind!r}; known: {', '.join(runtime_kinds())}")
-    if not isinstance(target, str):
-        return target
-    module_name, _, attribute = target.partition(":")
-    factory: RuntimeFactory = getattr(importlib.import_module(module_name), attribute)
-    return factory
-
-
-def load_runtime(kind: str, version_path: Path) -> Runtime:
-    return runtime_factory(kind)(Path(version_path))
+def load_runtime(version_path: Path) -> Runtime:
+    """TensorFlow runs every version, as in TF Serving (the model manager takes another factory
+    only in tests)."""
+    return TensorFlowRuntime(Path(version_path))

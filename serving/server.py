@@ -32,7 +32,7 @@ from serving.grpc_api import HealthReporter, create_grpc_server, server_credenti
 from serving.metrics import ServerMetrics, prometheus_path_from_monitoring_config
 from serving.model_manager import ModelManager, parse_prefix_map, validate_config
 from serving.rest_api import create_rest_app
-from serving.runtime import configure_tensorflow_threads
+from serving.runtime import RuntimeFactory, configure_tensorflow_threads, load_runtime
 from serving.settings import ServerSettings, get_settings
 
 logger = logging.getLogger("serving.server")
@@ -92,7 +92,7 @@ class _RestServer:
 class ModelServer:
     """gRPC + REST + model manager + batching, started and stopped together."""
 
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(self, settings: ServerSettings, runtime_factory: RuntimeFactory = load_runtime) -> None:
         self.settings = settings
         self.metrics = ServerMetrics()
         self.fatal_error: Exception | None = None
@@ -118,7 +118,7 @@ class ModelServer:
             raise StartupError(str(error)) from error
         self.batch_scheduler = BatchScheduler(batching, self.metrics) if settings.enable_batching else None
         self.manager = ModelManager(
-            runtime_kind=settings.runtime,
+            runtime_factory=runtime_factory,
             metrics=self.metrics,
             prefix_map=prefix_map,
             batch_scheduler=self.batch_scheduler,
@@ -159,10 +159,9 @@ class ModelServer:
         self._batching_options = batching
 
     def start(self) -> None:
-        if self.settings.runtime == "tensorflow":
-            configure_tensorflow_threads(
-                self.settings.tensorflow_intra_op_parallelism, self.settings.tensorflow_inter_op_parallelism
-            )
+        configure_tensorflow_threads(
+            self.settings.tensorflow_intra_op_parallelism, self.settings.tensorflow_inter_op_parallelism
+        )
         if self.batch_scheduler is not None:
             logger.info("Batching on: %s", self._batching_options)
             self.batch_scheduler.start()

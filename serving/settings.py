@@ -3,7 +3,7 @@
 Field names are TF Serving's flag names wherever TF Serving has the setting, so
 `--rest_api_port=8501` and `MODEL_SERVER_REST_API_PORT=8501` mean the same thing. The
 fields without a TF Serving flag are ours: `host`, `enable_reload_config_rpc`,
-`model_base_path_prefix_map`, `runtime`, `grpc_max_message_bytes`, `shutdown_grace_seconds` and
+`model_base_path_prefix_map`, `grpc_max_message_bytes`, `shutdown_grace_seconds` and
 `log_level`.
 """
 
@@ -59,7 +59,6 @@ class ServerSettings(BaseSettings):
         "",
         description="PREFIX=FOLDER[,...]: read base paths under PREFIX from FOLDER (e.g. /models=./models)",
     )
-    runtime: str = "tensorflow"
     grpc_max_message_bytes: int = Field(64 * 1024 * 1024, ge=4 * 1024 * 1024)
     shutdown_grace_seconds: float = Field(30, ge=0)
     log_level: str = "INFO"

@@ -53,7 +53,7 @@ def test_an_unknown_dtype_number_is_an_invalid_argument() -> None:
 
 def rest_client(max_body_bytes: int | None = None) -> StarletteTestClient:
     metrics = ServerMetrics()
-    manager = ModelManager(runtime_kind="tensorflow", metrics=metrics)  # no models: parsing comes first
+    manager = ModelManager(metrics=metrics)  # no models: parsing comes first
     return StarletteTestClient(create_rest_app(manager, metrics, None, max_body_bytes))
 
 

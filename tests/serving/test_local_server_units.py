@@ -48,7 +48,6 @@ from serving.runtime import (
     TensorSpec,
     ndarray_to_tensor_proto,
     read_signatures,
-    register_runtime,
     tensor_proto_to_ndarray,
 )
 from serving.settings import get_settings
@@ -106,9 +105,6 @@ class NumpyRuntime:
 
     def close(self) -> None:
         pass
-
-
-register_runtime("numpy-test", NumpyRuntime)
 
 
 @pytest.fixture
@@ -338,7 +334,11 @@ def test_prefix_map() -> None:
     prefix_map = parse_prefix_map("/models=/srv/models,/models/special=/fast")
     assert map_base_path("/models/ai_detector", prefix_map) == Path("/srv/models/ai_detector")
     assert map_base_path("/models/special/x", prefix_map) == Path("/fast/x")
-    assert map_base_path("/modelsX/y", prefix_map) == Path("/modelsX/y")
+    # With a map, nothing outside the mapped prefixes, and nothing escaping their folders (issue 13).
+    for outside in ("/modelsX/y", "/etc", "/models/../etc", "relative/path"):
+        with pytest.raises(InvalidArgumentError, match="base path"):
+            map_base_path(outside, prefix_map)
+    assert map_base_path("/anywhere/x", []) == Path("/anywhere/x")  # no map: as given (TF Serving)
     with pytest.raises(ValueError, match="PREFIX=FOLDER"):
         parse_prefix_map("/models")
 
@@ -355,7 +355,7 @@ def test_config_validation() -> None:
 
 def make_manager(**options: object) -> ModelManager:
     defaults: dict[str, object] = {
-        "runtime_kind": "numpy-test",
+        "runtime_factory": NumpyRuntime,
         "metrics": ServerMetrics(),
         "file_system_poll_seconds": 0,
         "load_retry_interval_seconds": 0,
@@ -435,10 +435,9 @@ def loading_server(tmp_path: Path) -> Iterator[tuple[server_module.ModelServer, 
         model_config_file=config_file,
         model_base_path_prefix_map=f"/models={tmp_path / 'models'}",
         monitoring_config_file=monitoring,
-        runtime="numpy-test",
         shutdown_grace_seconds=5,
     )
-    model_server = server_module.ModelServer(settings)
+    model_server = server_module.ModelServer(settings, runtime_factory=NumpyRuntime)
     model_server.start()
     client = Client(f"127.0.0.1:{settings.port}")
     try:
