@@ -74,7 +74,6 @@ def benchmark_model(
     """
     from export import measure
     from export.optimize import (
-        HOPELESS_SLOWDOWN,
         REFERENCE_VARIANT,
         Tolerance,
         variant,
@@ -109,35 +108,21 @@ def benchmark_model(
             described["speed_passes"].append(measured)
             print(f"[{label}] pass {pass_index + 1} {name}: {measured}", flush=True)
             if pass_index == 0:
-                # Variants too slow to matter (XLA on depthwise convolutions takes seconds per
-                # batch) are checked on fewer images and not timed again.
-                reference_speed = results["variants"].get(REFERENCE_VARIANT, described)["speed_passes"][0]
-                hopeless = all(
-                    measured[size]["ms_per_batch"]
-                    >= HOPELESS_SLOWDOWN * reference_speed[size]["ms_per_batch"]
-                    for size in measured
-                )
-                count = min(len(reference.images), 64) if hopeless else len(reference.images)
-                outputs = measure.run_images(serving, reference.images[:count])
+                outputs = measure.run_images(serving, reference.images)
                 agreement = measure.agreement(
                     outputs["probability"],
-                    reference.probabilities(reference.image_logits[:count], temperature),
+                    reference.probabilities(reference.image_logits, temperature),
                     threshold,
                     outputs["logit"],
-                    reference.image_logits[:count],
+                    reference.image_logits,
                 )
-                described |= {
-                    "agreement": agreement,
-                    "within_tolerance": not tolerance.problems(agreement),
-                    "hopeless": hopeless,
-                }
+                described |= {"agreement": agreement, "within_tolerance": not tolerance.problems(agreement)}
                 print(f"[{label}] {name}: {agreement}", flush=True)
             del loaded, loaded_signatures, serving
             gc.collect()
         share = cpu.stop()
         results["passes"].append({"variants": list(timed), "other_processes_cpu_share": share})
         print(f"[{label}] pass {pass_index + 1}: other processes used {share:.0%} of the CPU", flush=True)
-        timed = [name for name in timed if not results["variants"][name]["hopeless"]]
 
     for described in results["variants"].values():
         described["speed"] = {

@@ -62,34 +62,28 @@ def _measure_candidates(
 ) -> dict[str, Any]:
     """Write each candidate (each in a child process), load it back, measure its speed and agreement.
 
-    `names[0]` is the reference (fp32). A candidate HOPELESS_SLOWDOWN times slower at batch 1 is
-    not measured further (XLA on depthwise convolutions needs seconds per batch).
+    `names[0]` is the reference (fp32).
     """
     from export import measure
-    from export.optimize import HOPELESS_SLOWDOWN, write_variant_in_fresh_process
+    from export.optimize import write_variant_in_fresh_process
 
     results: dict[str, dict[str, Any]] = {}
     for name in names:
         write_variant_in_fresh_process(run.model_path, staging / name, name, run.temperature, run.threshold)
         loaded, loaded_signatures = measure.load_signatures(staging / name)
         serving = loaded_signatures["serving_default"]
-        latency = measure.speed(serving, reference.images[:1], batch_sizes=(1,), rounds=rounds)
-        reference_latency = results[names[0]]["speed"]["1"]["ms_per_batch"] if results else None
-        if reference_latency and latency["1"]["ms_per_batch"] >= HOPELESS_SLOWDOWN * reference_latency:
-            results[name] = {"speed": latency, "skipped": f"over {HOPELESS_SLOWDOWN}x slower than {names[0]}"}
-        else:
-            outputs = measure.run_images(serving, reference.images)
-            results[name] = {
-                "agreement": measure.agreement(
-                    outputs["probability"],
-                    reference.probabilities(reference.image_logits, run.temperature),
-                    run.threshold,
-                    outputs["logit"],
-                    reference.image_logits,
-                ),
-                "speed": latency
-                | measure.speed(serving, reference.images[:32], batch_sizes=(32,), rounds=rounds),
-            }
+        outputs = measure.run_images(serving, reference.images)
+        results[name] = {
+            "agreement": measure.agreement(
+                outputs["probability"],
+                reference.probabilities(reference.image_logits, run.temperature),
+                run.threshold,
+                outputs["logit"],
+                reference.image_logits,
+            ),
+            "speed": measure.speed(serving, reference.images[:1], batch_sizes=(1,), rounds=rounds)
+            | measure.speed(serving, reference.images[:32], batch_sizes=(32,), rounds=rounds),
+        }
         logger.info("variant %s: %s", name, results[name])
         del loaded, loaded_signatures, serving
         gc.collect()
@@ -224,8 +218,7 @@ def main(
     variant: Annotated[
         str,
         typer.Option(
-            help="auto (fastest variant within the tolerance, measured now) or one of: "
-            "fp32, fp32_xla, frozen, folded, folded_xla, folded_bf16"
+            help="auto (fastest variant within the tolerance, measured now) or one of: fp32, frozen, folded"
         ),
     ] = "auto",
     data: Annotated[

@@ -3,14 +3,14 @@
 Variants (all keep both signatures; they differ only in the network inside):
 
 - `fp32`: the Keras network with its variables, as tf.saved_model.save writes it. The reference.
-- `fp32_xla`: the same, the network compiled with XLA (jit_compile=True).
 - `frozen`: variables turned into constants, so the graph optimizer that runs when the model is
   loaded (in TF Serving and in tf.saved_model.load alike) can constant-fold and fuse across them.
 - `folded`: frozen, and every batch norm folded into the convolution before it (scale into the
   filter, shift into a bias), done here on the GraphDef, so the served graph is conv + bias + relu.
-- `folded_xla`: folded, compiled with XLA.
-- `folded_bf16`: folded, with oneDNN's bfloat16 auto-mixed-precision rewrite applied offline (the
-  rewritten graph is what is saved, so TF Serving needs no session config for it).
+
+Retired after measurement (docs/export.md keeps the numbers): `fp32_xla` and `folded_xla` (XLA on
+depthwise convolutions took seconds per batch) and `folded_bf16` (an offline bfloat16 rewrite,
+outside the tolerance; mixed precision belongs in TF Serving's session config).
 
 The choice: the fastest variant whose probabilities stay within `Tolerance` of the Keras model on
 every validation image; plain `fp32` unless another is clearly (5%) faster.
@@ -18,13 +18,11 @@ every validation image; plain `fp32` unless another is clearly (5%) faster.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import subprocess
 import sys
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -43,35 +41,18 @@ class Variant:
     description: str
     freeze: bool = False
     fold_batch_norm: bool = False
-    bfloat16: bool = False
-    jit_compile: bool = False
 
 
 VARIANTS: dict[str, Variant] = {
     variant.name: variant
     for variant in (
         Variant("fp32", "Keras network with variables, fp32 (plain tf.saved_model.save)"),
-        Variant("fp32_xla", "fp32 with variables, network compiled with XLA", jit_compile=True),
         Variant("frozen", "variables frozen into constants", freeze=True),
         Variant(
             "folded",
             "frozen, batch norm folded into the preceding convolutions",
             freeze=True,
             fold_batch_norm=True,
-        ),
-        Variant(
-            "folded_xla",
-            "frozen, batch norm folded, network compiled with XLA",
-            freeze=True,
-            fold_batch_norm=True,
-            jit_compile=True,
-        ),
-        Variant(
-            "folded_bf16",
-            "frozen, batch norm folded, oneDNN bfloat16 auto-mixed-precision rewrite baked in",
-            freeze=True,
-            fold_batch_norm=True,
-            bfloat16=True,
         ),
     )
 }
@@ -83,8 +64,6 @@ AUTO_CANDIDATES: tuple[str, ...] = tuple(VARIANTS)
 # A variant must beat fp32 by this factor to be chosen: the measured run-to-run noise on the
 # shared 2-core machine is ~3% (median) to ~7% (90th percentile), see docs/export.md.
 MINIMUM_SPEEDUP = 1.05
-# A variant this many times slower than fp32 is not measured further (nor chosen).
-HOPELESS_SLOWDOWN = 3.0
 
 
 @dataclass(frozen=True)
@@ -142,18 +121,12 @@ def build_serving_module(
             return logit_network(images, training=False)
 
         network: Network = keras_network
-        if chosen.jit_compile:
-            network = tf.function(keras_network, jit_compile=True)
         return ServingModule(network, temperature, threshold, variables_owner=logit_network)
 
     graph_def, input_name, output_name = freeze_network(logit_network)
     if chosen.fold_batch_norm:
         graph_def, _ = fold_batch_norms(graph_def, [output_name])
-    if chosen.bfloat16:
-        graph_def = rewrite_bfloat16(graph_def, [output_name])
     network = graph_def_function(graph_def, input_name, output_name)
-    if chosen.jit_compile:
-        network = tf.function(network, jit_compile=True)
     return ServingModule(network, temperature, threshold)
 
 
@@ -374,69 +347,6 @@ def _constant_node(name: str, array: np.ndarray, dtype: tf.DType) -> Any:
     node.attr["dtype"].type = dtype.as_datatype_enum
     node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(array.astype(dtype.as_numpy_dtype)))
     return node
-
-
-# Ops kept in float32 by the bfloat16 rewrite: the global average pool and the classifier head are
-# cheap, and they set the logit directly (in bfloat16 they alone moved it by up to ~0.07).
-FLOAT32_OPS = ("MatMul", "Mean")
-_MIXED_PRECISION_LISTS = "TF_AUTO_MIXED_PRECISION_GRAPH_REWRITE_"
-
-
-@contextlib.contextmanager
-def _mixed_precision_lists(float32_ops: Iterable[str]) -> Iterator[None]:
-    """Move `float32_ops` to the rewrite's deny list (grappler reads these variables when it runs)."""
-    ops = ",".join(float32_ops)
-    settings = {
-        "ALLOWLIST_REMOVE": ops,
-        "INFERLIST_REMOVE": ops,
-        "CLEARLIST_REMOVE": ops,
-        "DENYLIST_ADD": ops,
-    }
-    previous = {name: os.environ.get(_MIXED_PRECISION_LISTS + name) for name in settings}
-    os.environ.update({_MIXED_PRECISION_LISTS + name: value for name, value in settings.items()})
-    try:
-        yield
-    finally:
-        for name, value in previous.items():
-            if value is None:
-                os.environ.pop(_MIXED_PRECISION_LISTS + name, None)
-            else:
-                os.environ[_MIXED_PRECISION_LISTS + name] = value
-
-
-def rewrite_bfloat16(graph_def: tf.compat.v1.GraphDef, output_names: Iterable[str]) -> tf.compat.v1.GraphDef:
-    """Apply grappler's oneDNN bfloat16 auto-mixed-precision rewrite (and constant folding) offline.
-
-    Convolutions then run in bfloat16 on CPUs with AVX512-BF16 or AMX, their filters are stored
-    as bfloat16 constants (half the size), and FLOAT32_OPS stay float32. The saved graph
-    carries the rewrite, so TF Serving needs no session config for it.
-    """
-    from tensorflow.core.protobuf import config_pb2, meta_graph_pb2, rewriter_config_pb2
-    from tensorflow.python.grappler import tf_optimizer
-
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.graph_util.import_graph_def(graph_def, name="")
-    meta_graph = tf.compat.v1.train.export_meta_graph(
-        graph_def=graph.as_graph_def(add_shapes=True), graph=graph
-    )
-    fetches = meta_graph_pb2.CollectionDef()
-    fetches.node_list.value.extend(_node_name(name) for name in output_names)
-    meta_graph.collection_def["train_op"].CopyFrom(fetches)
-
-    config = config_pb2.ConfigProto()
-    rewrite = config.graph_options.rewrite_options
-    on, off = rewriter_config_pb2.RewriterConfig.ON, rewriter_config_pb2.RewriterConfig.OFF
-    rewrite.auto_mixed_precision_onednn_bfloat16 = on
-    rewrite.constant_folding = on  # bakes the bfloat16 casts of the filters into bfloat16 constants
-    # Keep only public ops in the saved graph: fusions happen again when the model is loaded.
-    rewrite.remapping = off
-    rewrite.layout_optimizer = off
-    rewrite.min_graph_nodes = -1
-    # Two passes: the second constant-folds the casts the rewrite put on the filters.
-    rewrite.meta_optimizer_iterations = rewriter_config_pb2.RewriterConfig.TWO
-    with _mixed_precision_lists(FLOAT32_OPS):
-        return tf_optimizer.OptimizeGraph(config, meta_graph)
 
 
 # ---------------------------------------------------------------- choosing
