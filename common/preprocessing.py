@@ -23,7 +23,6 @@ from __future__ import annotations
 import io
 import math
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -57,16 +56,6 @@ class CorruptImageError(ImageInputError):
 
 class ImageTooLargeError(ImageInputError):
     """The image has more pixels than allowed (decompression-bomb guard)."""
-
-
-@dataclass(frozen=True)
-class ImageInfo:
-    """What we learned about an upload while decoding it."""
-
-    format: str
-    width: int
-    height: int
-    mode: str
 
 
 # Magic numbers of the formats we know, supported or not: enough to tell
@@ -292,10 +281,3 @@ def resize_to_model_input(image: Image.Image, size: int = IMAGE_SIZE) -> np.ndar
 def decode_and_resize(image_bytes: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Encoded image bytes -> the canonical uint8 [256, 256, 3] RGB image. The one shared entry point."""
     return resize_to_model_input(open_image(image_bytes, max_pixels=max_pixels))
-
-
-def describe_image(image_bytes: bytes) -> ImageInfo:
-    """Format and size from the header only (no pixel decoding), for reports and limits."""
-    image_format = sniff_format(image_bytes) or "unknown"
-    with Image.open(io.BytesIO(image_bytes)) as image:
-        return ImageInfo(format=image_format, width=image.size[0], height=image.size[1], mode=image.mode)

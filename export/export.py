@@ -103,6 +103,7 @@ def export_run(
     speed_rounds: int = 3,
 ) -> ExportResult:
     """Export `run_dir` into `models_dir/name/<version>`; see the module docstring."""
+    from common.repository import code_version
     from export import warmup
     from export.graph import save_serving_module
     from export.model_card import build_model_card, write_model_card
@@ -117,7 +118,6 @@ def export_run(
     )
     from export.reference import build_reference_set, validation_files, with_keras_logits
     from export.validate import require_pass, run_gate
-    from training.train import code_version
 
     tolerance = tolerance or Tolerance()
     if variant_name != AUTO:

@@ -45,6 +45,7 @@ from typing import Any
 
 from common import model_config
 from common.model_config import DEFAULT_MODEL_NAME, STABLE_LABEL
+from common.repository import code_version
 from gateway import run_local
 from loadtest import generator, stages
 from loadtest.benchmark_models import (
@@ -54,7 +55,7 @@ from loadtest.benchmark_models import (
     prepare_resnet50,
 )
 from loadtest.generator import StepResult
-from loadtest.machine import code_version, machine_description
+from loadtest.machine import machine_description
 from loadtest.samples import MultipartUpload, load_uploads, multipart_upload
 from loadtest.settings import P95_TARGET_MILLISECONDS, UPLOADS_DIRECTORY
 from loadtest.stack import DEFAULT_BATCHING_FILE, LOOPBACK, LocalStack, StackError, free_port, log_tail

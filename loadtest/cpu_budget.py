@@ -52,6 +52,7 @@ import psutil
 from PIL import Image, ImageOps
 
 from common.preprocessing import IMAGE_SIZE, decode_and_resize, resize_to_model_input, to_rgb
+from common.repository import code_version
 from gateway import run_local
 from loadtest import generator, stages
 from loadtest.benchmark import (
@@ -66,7 +67,7 @@ from loadtest.benchmark import (
     write_into,
 )
 from loadtest.benchmark_models import BenchmarkModel, BenchmarkModelError, find_starter, prepare_resnet50
-from loadtest.machine import code_version, machine_description
+from loadtest.machine import machine_description
 from loadtest.samples import MultipartUpload, UploadSample, load_uploads, multipart_upload
 from loadtest.settings import UPLOADS_DIRECTORY
 from loadtest.stack import DEFAULT_BATCHING_FILE, LocalStack, StackError

@@ -23,9 +23,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.repository import code_version
 from gateway import run_local
 from loadtest import report
-from loadtest.machine import OtherLoad, OtherLoadMonitor, code_version, machine_description
+from loadtest.machine import OtherLoad, OtherLoadMonitor, machine_description
 from loadtest.settings import GRPC_USER, USER_CLASSES, Settings
 from loadtest.stack import LocalStack, StackError
 

@@ -2,9 +2,10 @@
 
 TF Serving names its metrics like `/tensorflow/serving/request_count` and its exporter
 (util/prometheus_exporter.cc) turns every character outside [a-zA-Z0-9_] into ':', so
-Prometheus sees `:tensorflow:serving:request_count`. prometheus_client refuses such names,
-so this module keeps its own small counters and histograms and writes the page the same way
-TF Serving does: a `# TYPE` line per metric (no HELP), histogram buckets in TensorFlow's
+Prometheus sees `:tensorflow:serving:request_count`. prometheus_client would add what TF
+Serving's page does not have (`_total` and `_created` series, HELP lines), so this module keeps
+its own small counters and histograms and writes the page the same way TF Serving does: a
+`# TYPE` line per metric (no HELP), histogram buckets in TensorFlow's
 semantics (bucket i counts values below limit i, the last is "+Inf"), values in TF's units
 (microseconds for latencies).
 

@@ -259,7 +259,7 @@ def run_loso(
     limit: int | None = None,
     bootstrap_rounds: int = 1000,
 ) -> dict[str, Any]:
-    from training.train import code_version
+    from common.repository import code_version
 
     chosen = [recipes.recipe(name) for name in recipe_names]
     examples = limit_per_source(load_examples(data), limit)

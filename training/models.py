@@ -3,10 +3,10 @@
 Every model takes raw uint8 RGB [N, 256, 256, 3] and carries its own scaling: the cast and the
 backbone's normalization are layers of the model, so the exported graph owns them too.
 
-Head (DEVELOPERS.md): frozen base -> GlobalAveragePooling2D -> Dense(150, relu, L2 0.01)
--> Dropout(0.5) -> Dense(1, sigmoid). The last layer is split into a linear `logit` layer and a
-`probability` sigmoid so the logit stays reachable (temperature scaling, export); the
-function computed is the same.
+Head (the reference design, docs/model-report.md): frozen base -> GlobalAveragePooling2D ->
+Dense(150, relu, L2 0.01) -> Dropout(0.5) -> Dense(1, sigmoid). The last layer is split into a
+linear `logit` layer and a `probability` sigmoid so the logit stays reachable (temperature
+scaling, export); the function computed is the same.
 """
 
 from __future__ import annotations

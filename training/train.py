@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import platform
-import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,6 +21,7 @@ from typing import Annotated, Any
 
 import typer
 
+from common.repository import code_version
 from training.data import (
     Example,
     by_split,
@@ -55,23 +55,6 @@ class TrainingConfig:
     augmentation: dict[str, Any] = field(default_factory=lambda: AugmentationConfig().to_dict())
     seed: int = 42
     limit_per_split: int | None = None  # small smoke runs only
-
-
-def code_version() -> str:
-    """Git commit of the code that trained the model (with `-dirty` when uncommitted changes exist)."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + ("-dirty" if dirty else "")
 
 
 def run_provenance(examples: Sequence[Example]) -> dict[str, Any]:

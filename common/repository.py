@@ -1,0 +1,28 @@
+"""The repository itself: where it is, and which commit the code runs from."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def code_version() -> str:
+    """The commit the code runs from, with `-dirty` when tracked files have uncommitted changes
+    (as `git describe --dirty` says it); "unknown" outside a git checkout. Recorded by training,
+    export and the benchmarks; light (no TensorFlow import)."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")
