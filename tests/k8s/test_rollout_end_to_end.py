@@ -126,10 +126,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory, exports: dict[str, Path]) ->
 
 @dataclass
 class ClientTraffic:
-    """Threads posting one real upload after another to /predict until stopped (bounded)."""
+    """Threads posting real uploads in turn to /predict until stopped (bounded)."""
 
     url: str
-    image: bytes
+    images: list[bytes]
     statuses: Counter[int] = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
     versions: Counter[int] = field(default_factory=Counter)
@@ -139,9 +139,12 @@ class ClientTraffic:
 
     def _loop(self) -> None:
         with httpx.Client(timeout=30.0) as client:
+            turn = 0
             while not self._stop.is_set() and sum(self.statuses.values()) < CLIENT_MAX_REQUESTS:
+                image = self.images[turn % len(self.images)]
+                turn += 1
                 try:
-                    response = client.post(f"{self.url}/predict", files={"file": ("upload.jpg", self.image)})
+                    response = client.post(f"{self.url}/predict", files={"file": ("upload.jpg", image)})
                 except httpx.HTTPError as error:
                     with self._lock:
                         self.failures.append(f"transport: {error!r}")
@@ -168,11 +171,19 @@ class ClientTraffic:
 
 
 @pytest.fixture(scope="module")
-def upload(uploads_dir: Path) -> bytes:
-    """The smallest real JPEG upload: decoding stays cheap on two shared cores."""
+def upload(uploads_dir: Path) -> list[bytes]:
+    """Small real JPEG uploads (decoding stays cheap on two shared cores), half of them routed to
+    the canary at the rollout's 50% share: the gateway routes by a hash of the image bytes, so
+    one image alone would meet one version only."""
+    from gateway.model_client import content_share
+
     jpegs = sorted(uploads_dir.glob("*.jp*g"), key=lambda path: path.stat().st_size)
     assert jpegs, f"no JPEG in {uploads_dir}"
-    return jpegs[0].read_bytes()
+    contents = [path.read_bytes() for path in jpegs[:40]]
+    canary = [data for data in contents if content_share(data) < 0.5][:3]
+    stable = [data for data in contents if content_share(data) >= 0.5][:3]
+    assert canary and stable, "the smallest uploads all fall on one side of the canary share"
+    return canary + stable
 
 
 def run_rollout(stack: Stack, export: Path) -> tuple[int, str]:
@@ -205,7 +216,7 @@ def served(stack: Stack) -> dict[str, object]:
 
 
 def test_a_good_version_is_promoted_without_a_failed_request(
-    stack: Stack, exports: dict[str, Path], upload: bytes
+    stack: Stack, exports: dict[str, Path], upload: list[bytes]
 ) -> None:
     with ClientTraffic(stack.gateway_url, upload) as traffic:
         time.sleep(2)  # some stable-only traffic first
@@ -223,7 +234,7 @@ def test_a_good_version_is_promoted_without_a_failed_request(
 
 
 def test_a_slow_version_is_rolled_back_without_a_failed_request(
-    stack: Stack, exports: dict[str, Path], upload: bytes
+    stack: Stack, exports: dict[str, Path], upload: list[bytes]
 ) -> None:
     stable_before = served(stack)[STABLE_LABEL]
     with ClientTraffic(stack.gateway_url, upload) as traffic:
