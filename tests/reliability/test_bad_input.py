@@ -327,10 +327,11 @@ def test_a_client_that_aborts_its_upload_is_a_499_without_a_traceback(production
         connection.sendall(upload[: len(upload) - 200])  # all but the end of the file
         time.sleep(0.5)  # the gateway is now waiting for the rest of the body
     deadline = time.monotonic() + 30
-    while request_id not in (log := stack.gateway.log_path.read_text(errors="replace")):
+    access_line = f"request_id={request_id} method"
+    while access_line not in (log := stack.gateway.log_path.read_text(errors="replace")):
         assert time.monotonic() < deadline, stack.logs()
         time.sleep(0.1)
-    (line,) = [line for line in log.splitlines() if f"request_id={request_id} method" in line]
+    (line,) = [line for line in log.splitlines() if access_line in line]
     assert "status=499" in line, line
     after = log[log.index(request_id) - 200 :]
     assert "Traceback" not in after and "unhandled error" not in after, after[:2000]
