@@ -23,6 +23,8 @@ from __future__ import annotations
 import io
 import math
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -114,22 +116,42 @@ def open_header(image_bytes: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
         raise UnsupportedFormatError(
             f"{image_format} images are not supported; send one of {', '.join(SUPPORTED_FORMATS)}"
         )
+    with pillow_errors(image_format):
+        image: Image.Image = Image.open(io.BytesIO(image_bytes), formats=[image_format])
+        width, height = image.size
+        if width <= 0 or height <= 0:
+            raise CorruptImageError(f"the {image_format} image has no pixels ({width}x{height})")
+        if width * height > max_pixels:
+            raise ImageTooLargeError(
+                f"the image is {width}x{height} = {width * height:,} pixels; "
+                f"the limit is {max_pixels:,} pixels"
+            )
+        if image_format == "JPEG":
+            draft_for_canonical_size(image)
+        return image
+
+
+def load_rgb(image: Image.Image) -> Image.Image:
+    """The second half of `open_image`: decode the pixels of an image from `open_header`, apply
+    its EXIF orientation, and make it RGB (reduced first where that saves memory)."""
+    with pillow_errors(image.format or "image"):
+        image.load()
+        # EXIF orientation: photos from phones are stored sideways with a rotation tag.
+        image = ImageOps.exif_transpose(image)
+        return to_rgb(reduce_before_converting(image))
+
+
+_PILLOW_DATA_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, IndexError)
+
+
+@contextmanager
+def pillow_errors(image_format: str) -> Iterator[None]:
+    """Pillow's failures while opening or decoding an upload, as typed ImageInputErrors; Pillow's
+    own bomb warning is silenced (the explicit pixel limit replaces it)."""
     try:
         with warnings.catch_warnings():
-            # Pillow's own bomb warning is replaced by our explicit limit below.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image: Image.Image = Image.open(io.BytesIO(image_bytes), formats=[image_format])
-            width, height = image.size
-            if width <= 0 or height <= 0:
-                raise CorruptImageError(f"the {image_format} image has no pixels ({width}x{height})")
-            if width * height > max_pixels:
-                raise ImageTooLargeError(
-                    f"the image is {width}x{height} = {width * height:,} pixels; "
-                    f"the limit is {max_pixels:,} pixels"
-                )
-            if image_format == "JPEG":
-                draft_for_canonical_size(image)
-            return image
+            yield
     except ImageInputError:
         raise
     except Image.DecompressionBombError as error:
@@ -139,28 +161,6 @@ def open_header(image_bytes: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
         # Pillow reports truncated or malformed data with these; the bytes claimed to be an image.
         raise CorruptImageError(f"the {image_format} image is corrupt or truncated ({error})") from error
 
-
-def load_rgb(image: Image.Image) -> Image.Image:
-    """The second half of `open_image`: decode the pixels of an image from `open_header`, apply
-    its EXIF orientation, and make it RGB (reduced first where that saves memory)."""
-    image_format = image.format or "image"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image.load()
-            # EXIF orientation: photos from phones are stored sideways with a rotation tag.
-            image = ImageOps.exif_transpose(image)
-            return to_rgb(reduce_before_converting(image))
-    except ImageInputError:
-        raise
-    except Image.DecompressionBombError as error:
-        # Pillow's own guard fires inside Image.open for headers claiming > 2 x MAX_IMAGE_PIXELS.
-        raise ImageTooLargeError(f"the image has too many pixels to decode safely ({error})") from error
-    except _PILLOW_DATA_ERRORS as error:
-        raise CorruptImageError(f"the {image_format} image is corrupt or truncated ({error})") from error
-
-
-_PILLOW_DATA_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, IndexError)
 
 # Bytes per pixel of a decoded image in Pillow's memory, by mode: one byte for L, P and 1, two for
 # 16-bit grey; every other mode (RGB included) is stored in 32-bit pixels.
