@@ -1,4 +1,4 @@
-"""The repository itself: where it is, and which commit the code runs from."""
+"""The repository itself: where it is, where ../shared is, and which commit the code runs from."""
 
 from __future__ import annotations
 
@@ -6,6 +6,10 @@ import subprocess
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# ../shared beside the repository: data and reference material, never copied into the repository.
+SHARED_ROOT = REPO_ROOT.parent / "shared"
+SHARED_DATA = SHARED_ROOT / "data" / "ai-vs-real"  # labelled images, manifest, splits
+SHARED_UPLOADS = SHARED_ROOT / "data" / "uploads"  # original upload files
 
 
 def code_version() -> str:

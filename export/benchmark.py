@@ -190,17 +190,14 @@ def main(
     import keras
     import tensorflow as tf
 
+    from common.repository import SHARED_DATA
     from export.optimize import VARIANTS
     from export.reference import build_reference_set, validation_files, with_keras_logits
-    from export.run import REPO_ROOT, TrainingRun
+    from export.run import TrainingRun
 
     variant_names = [name.strip() for name in variants.split(",") if name.strip()] or list(VARIANTS)
     training_run = TrainingRun.load(run) if run else None
-    data_path = (
-        training_run.data_path(data)
-        if training_run
-        else (data or REPO_ROOT.parent / "shared/data/ai-vs-real")
-    )
+    data_path = training_run.data_path(data) if training_run else (data or SHARED_DATA)
     paths = validation_files(data_path, training_run.config.get("limit_per_split") if training_run else None)
     paths = paths[:agreement_images] if agreement_images else paths
     report: dict[str, Any] = {

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import re
 import shutil
 import signal
 import tempfile
@@ -24,6 +23,7 @@ from typing import Annotated, Any
 
 import typer
 
+from common import model_versions
 from common.model_config import DEFAULT_MODEL_NAME
 from export.errors import ExportError, VersionExistsError
 from export.run import TrainingRun
@@ -31,7 +31,6 @@ from export.run import TrainingRun
 logger = logging.getLogger("export")
 
 STAGING_PREFIX = ".export-"
-_VERSION_NAME = re.compile(r"[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -40,21 +39,6 @@ class ExportResult:
     version: int
     variant: str
     card: dict[str, Any]
-
-
-def existing_versions(model_dir: Path) -> list[int]:
-    """Integer-named folders of `model_dir`: the only names a model server reads as versions."""
-    if not Path(model_dir).is_dir():
-        return []
-    return sorted(
-        int(entry.name)
-        for entry in Path(model_dir).iterdir()
-        if entry.is_dir() and _VERSION_NAME.fullmatch(entry.name)
-    )
-
-
-def next_version(model_dir: Path) -> int:
-    return max(existing_versions(model_dir), default=0) + 1
 
 
 def _measure_candidates(
@@ -126,7 +110,7 @@ def export_run(
         raise ExportError(f"versions are positive integers, got {version}")
     run = TrainingRun.load(run_dir)
     model_dir = Path(models_dir) / name
-    if version is not None and version in existing_versions(model_dir):
+    if version is not None and version in model_versions.versions(model_dir):
         raise VersionExistsError(f"{model_dir / str(version)} exists; versions are never overwritten")
     data_path = run.data_path(data)
     batch_sizes = warmup_batch_sizes or (
@@ -167,13 +151,13 @@ def export_run(
         gate_report = run_gate(saved_model_dir, reference, run.temperature, run.threshold, tolerance)
         require_pass(gate_report)
 
-        target_version = version if version is not None else next_version(model_dir)
+        target_version = version if version is not None else model_versions.next_version(model_dir)
         card = build_model_card(
             run, name, target_version, data_path, export_info, gate_report, code_version()
         )
         write_model_card(saved_model_dir, card)
         target = model_dir / str(target_version)
-        if target_version in existing_versions(model_dir):
+        if target_version in model_versions.versions(model_dir):
             raise VersionExistsError(f"{target} appeared while exporting; versions are never overwritten")
         try:
             # One rename: a model server polling the folder sees no version or a complete one.

@@ -32,6 +32,7 @@ import tensorflow as tf
 import typer
 
 from common.preprocessing import IMAGE_SIZE
+from common.repository import REPO_ROOT
 from export.graph import Network, ServingModule, keras_logit_network, save_serving_module
 
 
@@ -56,7 +57,6 @@ VARIANTS: dict[str, Variant] = {
         ),
     )
 }
-REPO_ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_VARIANT = "fp32"
 AUTO = "auto"
 # What `--variant auto` measures and chooses from.

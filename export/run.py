@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.repository import REPO_ROOT
 from export.errors import ReferenceDataError, RunFolderError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_FILE = "model.keras"
 CONFIG_FILE = "config.json"
 EVALUATION_FILE = "evaluation.json"

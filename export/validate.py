@@ -24,10 +24,10 @@ import numpy as np
 import typer
 
 from common import signatures
+from common.repository import REPO_ROOT
 from export.errors import ValidationFailedError
 from export.reference import ReferenceSet
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 FRESH_PROCESS_TIMEOUT_SECONDS = 1800
 # The bytes signature decodes in the graph: at most 1 grey level per pixel away from the shared
 # preprocessing (measured on ../shared/data/uploads, see tests/export/test_bytes_parity.py).

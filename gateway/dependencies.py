@@ -10,6 +10,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Query, Request
 
+from common import model_versions
 from gateway.errors import InvalidParameterError
 from gateway.metrics import GatewayMetrics, StageTimings
 from gateway.model_client import ModelClient, Routing
@@ -84,7 +85,7 @@ def get_routing(
     bytes, the canary (Routing.target)."""
     if x_model_version:
         pinned = x_model_version.strip()
-        if pinned.isascii() and pinned.isdigit():  # not "²": str.isdigit() is true for it, int() fails
+        if model_versions.is_version_name(pinned):  # not "²": str.isdigit() is true for it, int() fails
             if label or (version is not None and version != int(pinned)):
                 raise InvalidParameterError("X-Model-Version and the query pin different model versions")
             version = int(pinned)

@@ -42,6 +42,7 @@ from common.signatures import (
     OUTPUT_PROBABILITY,
     OUTPUT_THRESHOLD,
 )
+from common.tensors import TensorError, dtype_name, to_numpy, to_tensor_proto
 from gateway.errors import (
     GatewayError,
     ModelUnavailableError,
@@ -51,7 +52,6 @@ from gateway.errors import (
 )
 from gateway.metrics import GatewayMetrics
 from gateway.settings import Settings
-from gateway.tensors import TensorConversionError, dtype_name, to_numpy, to_tensor_proto
 from gateway.traffic import CanarySplit
 
 logger = logging.getLogger(__name__)
@@ -518,7 +518,7 @@ class ModelClient:
                 continue
             try:
                 column = to_numpy(response.outputs[name]).reshape(-1)
-            except TensorConversionError as error:
+            except TensorError as error:
                 raise UpstreamError(f"output {name!r}: {error}") from error
             if column.size != expected_rows:
                 raise UpstreamError(f"output {name!r} has {column.size} values for {expected_rows} images")

@@ -27,7 +27,9 @@ import urllib.request
 from pathlib import Path
 from types import FrameType
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from common import model_versions
+from common.repository import REPO_ROOT
+
 LOOPBACK = "127.0.0.1"
 READY_TIMEOUT_SECONDS = 300.0  # TensorFlow imports and a model load on a small, shared CPU
 STOP_TIMEOUT_SECONDS = 30.0
@@ -67,12 +69,7 @@ def check_models(models: Path, model_name: str, config: Path) -> None:
     if not config.is_file():
         raise LaunchError(f"model config {config} not found")
     model_folder = models / model_name
-    versions = (
-        [entry.name for entry in model_folder.iterdir() if entry.name.isdigit()]
-        if model_folder.is_dir()
-        else []
-    )
-    if not versions:
+    if not model_versions.versions(model_folder):
         raise LaunchError(f"no model version in {model_folder}: export one first (see export/README.md)")
 
 

@@ -169,8 +169,9 @@ async def read_multipart_files(
     boundary = options.get(b"boundary")
     if not boundary:
         raise BadRequestError("the multipart body has no boundary in its Content-Type")
-    declared_length = header_map.get("content-length")
-    if declared_length and declared_length.isdigit() and int(declared_length) > max_body_bytes:
+    declared_length = header_map.get("content-length") or ""
+    # ASCII digits only: str.isdigit() also accepts Unicode digits ("\u00b2"), which int() refuses.
+    if declared_length.isascii() and declared_length.isdigit() and int(declared_length) > max_body_bytes:
         # Refused from the header alone, before a byte of the body is read.
         raise UploadTooLargeError(
             f"the request body is {int(declared_length):,} bytes; the limit is {max_body_bytes:,}"

@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from common import model_versions
 from k8s.errors import KubectlError, PublishError
 
 PORT_FORWARD_LINE = re.compile(r"Forwarding from 127\.0\.0\.1:(\d+) ->")
@@ -98,7 +99,7 @@ class Kubectl:
     def publish(self, export_directory: Path, pod: str, model_directory: str) -> int:
         """Copy an exported version into the volume as the next version number; returns it."""
         listing = self.run("exec", pod, "--", "ls", "-1", model_directory)
-        versions = [int(name) for name in listing.split() if name.isdigit()]
+        versions = [int(name) for name in listing.split() if model_versions.is_version_name(name)]
         version = max(versions, default=0) + 1
         final = PurePosixPath(model_directory) / str(version)
         temporary = PurePosixPath(model_directory) / f".publish-{version}"

@@ -40,9 +40,10 @@ from typing import Annotated
 import grpc
 import typer
 
-from common import model_config
+from common import model_config, model_versions
 from common.files import write_text_atomically
 from common.model_config import CANARY_LABEL, DEFAULT_MODEL_NAME, STABLE_LABEL, ModelConfigError
+from common.repository import REPO_ROOT
 from k8s import canary_watch
 from k8s.errors import (
     MetricsError,
@@ -61,8 +62,7 @@ from k8s.model_servers import (
     wait_for,
 )
 
-REPOSITORY = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = REPOSITORY / "serving" / "models.config"
+DEFAULT_CONFIG = REPO_ROOT / "serving" / "models.config"
 ENV_PREFIX = "AIDETECT_ROLLOUT_"
 TRAFFIC_FILE_KEY = "traffic.json"
 MODELS_CONFIG_KEY = "models.config"
@@ -88,14 +88,6 @@ class ReloadMode(enum.StrEnum):
 # -- publish ----------------------------------------------------------------------------------
 
 
-def next_version(model_directory: Path) -> int:
-    """One more than the highest integer folder (the only folders TF Serving reads as versions)."""
-    versions = [
-        int(child.name) for child in model_directory.iterdir() if child.is_dir() and child.name.isdigit()
-    ]
-    return max(versions, default=0) + 1
-
-
 def publish_version(export_directory: Path, model_directory: Path) -> int:
     """Copy an exported SavedModel folder into `model_directory` as version N+1, atomically.
 
@@ -104,7 +96,7 @@ def publish_version(export_directory: Path, model_directory: Path) -> int:
     if not (export_directory / SAVED_MODEL_FILE).is_file():
         raise PublishError(f"{export_directory} is not a SavedModel folder (no {SAVED_MODEL_FILE})")
     model_directory.mkdir(parents=True, exist_ok=True)
-    version = next_version(model_directory)
+    version = model_versions.next_version(model_directory)
     temporary = Path(tempfile.mkdtemp(prefix=f".publish-{version}-", dir=model_directory))
     try:
         shutil.copytree(export_directory, temporary, dirs_exist_ok=True)

@@ -45,7 +45,7 @@ from typing import Any
 
 from common import model_config
 from common.model_config import DEFAULT_MODEL_NAME, STABLE_LABEL
-from common.repository import code_version
+from common.repository import REPO_ROOT, code_version
 from gateway import run_local
 from loadtest import generator, stages
 from loadtest.benchmark_models import (
@@ -60,7 +60,6 @@ from loadtest.samples import MultipartUpload, load_uploads, multipart_upload
 from loadtest.settings import P95_TARGET_MILLISECONDS, UPLOADS_DIRECTORY
 from loadtest.stack import DEFAULT_BATCHING_FILE, LOOPBACK, LocalStack, StackError, free_port, log_tail
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO_ROOT / "docs" / "performance.md"
 BEGIN_MARKER = "<!-- benchmark:begin -->"
 END_MARKER = "<!-- benchmark:end -->"

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import signatures
+from common import model_versions, signatures
 from common.model_config import DEFAULT_MODEL_NAME
+from common.repository import REPO_ROOT, SHARED_DATA
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DATA_DIRECTORY = REPO_ROOT.parent / "shared" / "data" / "ai-vs-real"
+DATA_DIRECTORY = SHARED_DATA
 # The export validates against the run's validation images; a few per class are plenty for timing.
 VALIDATION_IMAGES_PER_SPLIT = 16
 
@@ -45,12 +45,6 @@ class BenchmarkModel:
     @property
     def variant(self) -> str:
         return str(self.card.get("export", {}).get("variant", "unknown"))
-
-
-def integer_versions(model_dir: Path) -> list[int]:
-    if not model_dir.is_dir():
-        return []
-    return sorted(int(entry.name) for entry in model_dir.iterdir() if entry.is_dir() and entry.name.isdigit())
 
 
 def read_card(version_dir: Path) -> dict[str, Any]:
@@ -87,7 +81,7 @@ def prepare_resnet50(work_dir: Path, variant: str, log_path: Path) -> BenchmarkM
     """Random-weight ResNet50 exported as <work_dir>/resnet50/models/ai_detector/<n>; reused when there."""
     run_dir = work_dir / "resnet50" / "run"
     model_dir = work_dir / "resnet50" / "models" / DEFAULT_MODEL_NAME
-    for version in reversed(integer_versions(model_dir)):
+    for version in reversed(model_versions.versions(model_dir)):
         card = read_card(model_dir / str(version))
         export = card.get("export", {})
         # "auto" reuses an export that chose its variant itself (it measured candidates).
@@ -113,7 +107,7 @@ def prepare_resnet50(work_dir: Path, variant: str, log_path: Path) -> BenchmarkM
             print(f"  $ {' '.join(command[1:])}", flush=True)
             if subprocess.run(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT).returncode:
                 raise BenchmarkModelError(f"{' '.join(command[1:4])} failed; see {log_path}")
-    versions = integer_versions(model_dir)
+    versions = model_versions.versions(model_dir)
     if not versions:
         raise BenchmarkModelError(f"the export wrote no version into {model_dir}; see {log_path}")
     version_dir = model_dir / str(versions[-1])
@@ -140,7 +134,7 @@ def find_starter(
 
     Without `require_keras_model` (measurements that start no baseline) the Keras model may be
     missing: `keras_model` is then None when the card names no run."""
-    versions = integer_versions(models_dir / model_name)
+    versions = model_versions.versions(models_dir / model_name)
     if not versions:
         raise BenchmarkModelError(f"no version in {models_dir / model_name}: export the starter model first")
     version_dir = models_dir / model_name / str(versions[-1])

@@ -42,7 +42,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # 
 
 from common import signatures  # noqa: E402
 from common.model_config import DEFAULT_MODEL_NAME  # noqa: E402
-from gateway.tensors import to_tensor_proto  # noqa: E402
+from common.tensors import to_tensor_proto  # noqa: E402
 from loadtest.samples import (  # noqa: E402
     MultipartUpload,
     load_uploads,

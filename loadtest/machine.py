@@ -16,8 +16,6 @@ from typing import Any
 
 import psutil
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
 
 @dataclass(frozen=True)
 class OtherLoad:

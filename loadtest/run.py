@@ -23,14 +23,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.repository import code_version
+from common.repository import REPO_ROOT, code_version
 from gateway import run_local
 from loadtest import report
 from loadtest.machine import OtherLoad, OtherLoadMonitor, machine_description
 from loadtest.settings import GRPC_USER, USER_CLASSES, Settings
 from loadtest.stack import LocalStack, StackError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 # Users still in a request when the time is up may finish it (and report it) within this time.
 STOP_TIMEOUT_SECONDS = 10

@@ -14,10 +14,10 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from common.model_config import DEFAULT_MODEL_NAME
+from common.repository import REPO_ROOT, SHARED_UPLOADS
 
 ENV_PREFIX = "AIDETECT_LOADTEST_"
-REPO_ROOT = Path(__file__).resolve().parents[1]
-UPLOADS_DIRECTORY = REPO_ROOT.parent / "shared" / "data" / "uploads"
+UPLOADS_DIRECTORY = SHARED_UPLOADS
 # The target this project promises: 95% of requests answered within 200 ms.
 P95_TARGET_MILLISECONDS = 200.0
 

@@ -42,10 +42,10 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from common import model_config, signatures
 from common.preprocessing import IMAGE_SIZE, ImageInputError, decode_and_resize
-from serving.runtime import ndarray_to_tensor_proto
+from common.repository import REPO_ROOT, SHARED_UPLOADS
+from common.tensors import to_tensor_proto
 
-REPOSITORY = Path(__file__).resolve().parents[1]
-UPLOADS = REPOSITORY.parent / "shared" / "data" / "uploads"
+UPLOADS = SHARED_UPLOADS
 MODEL_NAME = "benchmark_model"
 DEFAULT_CONCURRENCY = (1, 4, 16)
 
@@ -157,7 +157,7 @@ class ServerUnderTest:
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
             command,
-            cwd=REPOSITORY,
+            cwd=REPO_ROOT,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
@@ -194,9 +194,7 @@ def make_request(image: np.ndarray) -> predict_pb2.PredictRequest:
     request = predict_pb2.PredictRequest()
     request.model_spec.name = MODEL_NAME
     request.model_spec.signature_name = signatures.SERVING_SIGNATURE
-    request.inputs[signatures.IMAGE_INPUT].CopyFrom(
-        ndarray_to_tensor_proto(image[None], as_tensor_content=True)
-    )
+    request.inputs[signatures.IMAGE_INPUT].CopyFrom(to_tensor_proto(image[None]))
     return request
 
 
@@ -303,14 +301,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serving.benchmark", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-version-dir", type=Path, required=True, help="a SavedModel version folder")
     parser.add_argument(
-        "--batching-parameters-file", type=Path, default=REPOSITORY / "serving" / "batching.cpu.config"
+        "--batching-parameters-file", type=Path, default=REPO_ROOT / "serving" / "batching.cpu.config"
     )
     parser.add_argument("--concurrency", type=int, nargs="+", default=list(DEFAULT_CONCURRENCY))
     parser.add_argument("--requests-per-client", type=int, default=40)
     parser.add_argument("--raw-calls", type=int, default=40, help="in-process calls for the raw baseline")
     parser.add_argument("--raw-batch-sizes", type=int, nargs="*", default=[4, 16])
     parser.add_argument("--images", type=int, default=32, help="distinct images to cycle through")
-    parser.add_argument("--output", type=Path, default=REPOSITORY / "docs" / "serving-benchmark.md")
+    parser.add_argument("--output", type=Path, default=REPO_ROOT / "docs" / "serving-benchmark.md")
     arguments = parser.parse_args(argv)
     arguments.command_line = list(argv) if argv is not None else sys.argv[1:]
 

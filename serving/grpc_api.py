@@ -30,10 +30,10 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from serving.errors import InvalidArgumentError, PermissionDeniedError, ServingError
+from common import tensors
+from serving.errors import InternalError, InvalidArgumentError, PermissionDeniedError, ServingError
 from serving.metrics import ServerMetrics
 from serving.model_manager import ModelManager
-from serving.runtime import ndarray_to_tensor_proto, tensor_proto_to_ndarray
 
 logger = logging.getLogger(__name__)
 
@@ -141,9 +141,9 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         inputs = {}
         for alias, proto in request.inputs.items():
             try:
-                inputs[alias] = tensor_proto_to_ndarray(proto, self._max_tensor_bytes)
-            except InvalidArgumentError as error:
-                raise InvalidArgumentError(f"tensor parsing error: {alias} ({error.message})") from error
+                inputs[alias] = tensors.to_numpy(proto, self._max_tensor_bytes)
+            except tensors.TensorError as error:
+                raise InvalidArgumentError(f"tensor parsing error: {alias} ({error})") from error
         version, label = version_choice(request.model_spec)
         with self._manager.servable(request.model_spec.name, version, label) as servable:
             signature_name, outputs = self._manager.predict(
@@ -154,9 +154,11 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             response.model_spec.version.value = servable.version
             response.model_spec.signature_name = signature_name
         for alias, array in outputs.items():
-            response.outputs[alias].CopyFrom(
-                ndarray_to_tensor_proto(array, as_tensor_content=self._as_tensor_content)
-            )
+            try:
+                proto = tensors.to_tensor_proto(array, as_tensor_content=self._as_tensor_content)
+            except tensors.TensorError as error:
+                raise InternalError(f"output {alias}: {error}") from error
+            response.outputs[alias].CopyFrom(proto)
         return response
 
     def GetModelMetadata(  # noqa: N802

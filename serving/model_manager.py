@@ -36,7 +36,7 @@ import numpy as np
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
-from common import model_config
+from common import model_config, model_versions, tensors
 from common.signatures import SERVING_SIGNATURE, WARMUP_FILE
 from serving.batching import BatchScheduler
 from serving.errors import (
@@ -55,10 +55,8 @@ from serving.runtime import (
     RuntimeFactory,
     SignatureSpec,
     load_runtime,
-    numpy_dtype_name,
     read_signature_defs,
 )
-from serving.runtime import tensor_proto_to_ndarray as decode_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -138,19 +136,6 @@ def map_base_path(base_path: str, prefix_map: Sequence[tuple[str, Path]]) -> Pat
     raise InvalidArgumentError(
         f"base path {base_path} is outside the mapped roots ({roots}; --model_base_path_prefix_map)"
     )
-
-
-def versions_on_disk(base_path: Path) -> dict[int, Path]:
-    """Integer folders only: `.tmp-3`, `3.partial` and files are not versions."""
-    try:
-        children = list(base_path.iterdir())
-    except OSError:
-        return {}
-    return {
-        int(child.name): child
-        for child in children
-        if child.name.isascii() and child.name.isdigit() and child.is_dir()
-    }
 
 
 def aspired_versions(model: model_config.ModelConfig, on_disk: dict[int, Path]) -> set[int]:
@@ -420,7 +405,7 @@ class ModelManager:
         with self._condition:
             entries = [*self._models.values(), *self._retiring.values()]
         for entry in entries:
-            on_disk = {} if entry.removed else versions_on_disk(entry.base_path)
+            on_disk = {} if entry.removed else model_versions.version_folders(entry.base_path)
             self._reconcile(entry, on_disk)
 
     def _reconcile(self, entry: ModelEntry, on_disk: dict[int, Path]) -> None:
@@ -563,7 +548,10 @@ class ModelManager:
             if log_type != "predict_log":
                 raise UnimplementedError(f"Unsupported log_type for warmup: {log_type}")
             request = prediction_log.predict_log.request
-            inputs = {alias: decode_tensor(proto) for alias, proto in request.inputs.items()}
+            try:
+                inputs = {alias: tensors.to_numpy(proto) for alias, proto in request.inputs.items()}
+            except tensors.TensorError as error:
+                raise InvalidArgumentError(f"warmup request at {path}: {error}") from error
             for _ in range(self._warmup_iterations):
                 self.predict(
                     servable, request.model_spec.signature_name, inputs, tuple(request.output_filter)
@@ -740,7 +728,7 @@ def validate_inputs(spec: SignatureSpec, inputs: dict[str, np.ndarray]) -> dict[
         if array.dtype != tensor_spec.numpy_dtype:
             raise InvalidArgumentError(
                 f"input {alias} must be {tensor_spec.dtype_name} "
-                f"but {numpy_dtype_name(array.dtype)} was given"
+                f"but {tensors.numpy_dtype_name(array.dtype)} was given"
             )
         shape = tensor_spec.shape
         if shape is not None and (

@@ -6,13 +6,12 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+from common.repository import SHARED_DATA, SHARED_UPLOADS
 
 
 @pytest.fixture(scope="session")
 def ai_vs_real_dir() -> Path:
-    path = SHARED_DATA / "ai-vs-real"
+    path = SHARED_DATA
     if not (path / "manifest.csv").is_file():
         pytest.skip(f"real data not found at {path} (expected ../shared beside the repo)")
     return path
@@ -20,7 +19,7 @@ def ai_vs_real_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def uploads_dir() -> Path:
-    path = SHARED_DATA / "uploads"
+    path = SHARED_UPLOADS
     if not (path / "manifest.csv").is_file():
         pytest.skip(f"upload samples not found at {path}")
     return path

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from common.repository import REPO_ROOT
+
 IMAGES_PER_SPLIT = 16
 TEMPERATURE = 1.3
 

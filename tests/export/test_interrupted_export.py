@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from common.repository import REPO_ROOT
+
 pytestmark = pytest.mark.model
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_sigterm_during_export_leaves_nothing_behind(tiny_run: Path, tmp_path: Path) -> None:

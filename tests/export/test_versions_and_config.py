@@ -1,4 +1,4 @@
-"""Version numbering of the model directory, and the serving/models.config helper CLI."""
+"""The serving/models.config helper CLI."""
 
 from __future__ import annotations
 
@@ -9,20 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from common import model_config
-from export.export import existing_versions, next_version
+from common.repository import REPO_ROOT
 from export.serving_config import app
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def test_only_integer_folders_are_versions_and_the_next_is_max_plus_one(tmp_path: Path) -> None:
-    model_dir = tmp_path / "ai_detector"
-    assert existing_versions(model_dir) == [] and next_version(model_dir) == 1
-    for name in ("1", "3", "10", ".export-abc123", "abc", "2.tmp"):
-        (model_dir / name).mkdir(parents=True)
-    (model_dir / "7").write_text("a file, not a version")
-    assert existing_versions(model_dir) == [1, 3, 10]
-    assert next_version(model_dir) == 11
 
 
 @pytest.fixture()

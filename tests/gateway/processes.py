@@ -18,7 +18,8 @@ from pathlib import Path
 
 import httpx
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from common.repository import REPO_ROOT
+
 # TensorFlow's import and a model load share 2 cores with other jobs: be patient, never flaky.
 START_TIMEOUT_SECONDS = 240.0
 STOP_TIMEOUT_SECONDS = 30.0

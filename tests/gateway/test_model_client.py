@@ -25,6 +25,7 @@ from tensorflow_serving.apis import (
 )
 
 from common.preprocessing import IMAGE_SIZE
+from common.tensors import to_numpy, to_tensor_proto
 from gateway.errors import (
     ModelUnavailableError,
     ModelVersionNotFoundError,
@@ -34,7 +35,6 @@ from gateway.errors import (
 from gateway.metrics import GatewayMetrics
 from gateway.model_client import CURRENT_REQUEST_ID, ModelClient, ModelTarget, choose_target
 from gateway.settings import Settings
-from gateway.tensors import to_numpy, to_tensor_proto
 from gateway.traffic import CanarySplit
 from tests.gateway.processes import free_port
 

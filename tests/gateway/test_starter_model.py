@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from common import model_versions
 from gateway.main import create_app
 from gateway.settings import Settings
 from tests.gateway.processes import (
@@ -34,7 +35,7 @@ CONFIG = REPO_ROOT / "serving" / "models.config"
 
 @pytest.fixture(scope="module")
 def starter_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    versions = [path for path in (MODELS / "ai_detector").glob("*") if path.name.isdigit()]
+    versions = model_versions.versions(MODELS / "ai_detector")
     if not versions:
         pytest.skip("no committed starter model in models/ai_detector (the export stage writes it)")
     log = tmp_path_factory.mktemp("starter") / "model_server.log"

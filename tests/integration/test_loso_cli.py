@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from common.repository import REPO_ROOT
 from training import data, loso
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_loso_cli_on_a_tiny_subset(ai_vs_real_dir: Path, tmp_path: Path) -> None:

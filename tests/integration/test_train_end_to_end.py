@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from common.repository import REPO_ROOT
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 EASY_SOURCES = ("sd15-cheatsheet", "imagenet-sample")  # paintings vs photos: learnable in two tiny epochs

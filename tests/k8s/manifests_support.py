@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from common.repository import REPO_ROOT
+
 K8S = REPO_ROOT / "k8s"
 OVERLAYS = ("dev", "prod")
 

@@ -28,6 +28,7 @@ from tensorflow_serving.apis import (
 )
 
 from common import model_config, signatures
+from common.repository import REPO_ROOT
 from tests.serving.local_server_support import (
     MODEL_NAME,
     Client,
@@ -43,8 +44,7 @@ from tests.serving.local_server_support import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]
 
-REPOSITORY = Path(__file__).resolve().parents[2]
-FILTER_CONFIG = REPOSITORY / "k8s" / "base" / "tf-serving" / "api-filter.conf"
+FILTER_CONFIG = REPO_ROOT / "k8s" / "base" / "tf-serving" / "api-filter.conf"
 
 
 @dataclass

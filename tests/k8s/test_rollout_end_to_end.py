@@ -26,7 +26,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from common import model_config
+from common import model_config, model_versions
 from common.model_config import CANARY_LABEL, STABLE_LABEL
 from k8s import rollout
 from k8s.model_servers import AVAILABLE, ModelServer
@@ -244,7 +244,7 @@ def test_a_slow_version_is_rolled_back_without_a_failed_request(
     print(f"slow version: client statuses {dict(traffic.statuses)}, versions {dict(traffic.versions)}")
     assert exit_code == rollout.EXIT_ROLLED_BACK, f"{output}\n{stack.logs()}"
     assert "canary UNHEALTHY" in output and "p95" in output
-    slow_version = max(int(path.name) for path in stack.models.iterdir() if path.name.isdigit())
+    slow_version = max(model_versions.versions(stack.models))
     assert served(stack) == {"available": [stable_before], STABLE_LABEL: stable_before, CANARY_LABEL: None}
     assert traffic.failures == [], f"{traffic.statuses}\n{traffic.failures[:5]}\n{output}"
     assert traffic.versions[slow_version] > 0  # the canary did get (slow, successful) requests

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from common.repository import REPO_ROOT
 from tests.serving.local_server_support import build_tiny_saved_model, config_text
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_NAME = "ai_detector"
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 
 from common.preprocessing import decode_and_resize
+from common.repository import SHARED_DATA
 from training import efficientnet_lite
 
 pytestmark = pytest.mark.model
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared/data/ai-vs-real"
 IMAGENET_SOURCE = "imagenet-sample"
 BATCH_SIZE = 32
 MINIMUM_TOP1_ACCURACY = 0.70

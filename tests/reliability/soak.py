@@ -32,11 +32,11 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from tests.gateway.processes import REPO_ROOT
+from common import model_versions
+from common.repository import REPO_ROOT, SHARED_UPLOADS
 from tests.reliability.load import BackgroundLoad, Outcome, Upload, latency_summary
 from tests.reliability.stack import MEBIBYTE, Stack, build_stack, running, stable_label_config
 
-SHARED_UPLOADS = REPO_ROOT.parent / "shared" / "data" / "uploads"
 CONTENT_TYPES = {".jpeg": "image/jpeg", ".jpg": "image/jpeg", ".png": "image/png", ".webp": "image/webp"}
 MODEL_NAME = "ai_detector"
 SAMPLE_SECONDS = 5.0
@@ -66,9 +66,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 def model_version(models: Path, run: Path, output: Path) -> Path:
     """The newest exported version under models/ai_detector, else one exported now from `run`."""
-    versions = sorted(
-        (path for path in (models / MODEL_NAME).glob("*") if path.name.isdigit()), key=lambda p: int(p.name)
-    )
+    versions = list(model_versions.version_folders(models / MODEL_NAME).values())
     if versions:
         return versions[-1]
     exported = output / "models"

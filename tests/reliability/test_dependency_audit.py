@@ -29,6 +29,7 @@ import pytest
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+from common.repository import REPO_ROOT
 from tests.reliability.conftest import FuzzSettings
 
 IGNORE_FILE = Path(__file__).with_name("pip_audit_ignore.txt")
@@ -165,7 +166,6 @@ def test_ignore_file_entries_have_reasons() -> None:
 
 # ---------------------------------------------------------------- the lock (issue 13)
 
-REPOSITORY = Path(__file__).resolve().parents[2]
 LOCK_LINE = re.compile(r"^([A-Za-z0-9_.-]+)==(\S+) \\$", re.MULTILINE)
 
 
@@ -178,9 +178,9 @@ def locked(path: Path) -> dict[str, Version]:
 def test_the_environment_is_exactly_the_lock() -> None:
     """`make setup` installs requirements.lock with --require-hashes: every locked package is
     installed at its locked version (a lock out of step with .venv shows here)."""
-    lock = locked(REPOSITORY / "requirements.lock")
+    lock = locked(REPO_ROOT / "requirements.lock")
     assert len(lock) > 100
-    text = (REPOSITORY / "requirements.lock").read_text()
+    text = (REPO_ROOT / "requirements.lock").read_text()
     assert text.count("--hash=sha256:") >= len(lock)
     installed = {
         canonicalize_name(distribution.metadata["Name"]): Version(distribution.version)
@@ -200,7 +200,7 @@ def test_the_locks_cover_every_declared_dependency() -> None:
     takes the same versions."""
     from packaging.requirements import Requirement
 
-    lock = locked(REPOSITORY / "requirements.lock")
+    lock = locked(REPO_ROOT / "requirements.lock")
     missing = []
     for line in metadata.requires(PROJECT_NAME) or []:
         requirement = Requirement(line)
@@ -210,5 +210,5 @@ def test_the_locks_cover_every_declared_dependency() -> None:
         if name not in lock or not requirement.specifier.contains(lock[name], prereleases=True):
             missing.append(f"{line} (locked: {lock.get(name)})")
     assert not missing, missing
-    gateway = locked(REPOSITORY / "gateway" / "requirements.lock")
+    gateway = locked(REPO_ROOT / "gateway" / "requirements.lock")
     assert gateway and all(lock[name] == version for name, version in gateway.items())

@@ -14,13 +14,12 @@ from fastapi.testclient import TestClient
 from starlette.testclient import TestClient as StarletteTestClient
 from tensorflow.core.framework import tensor_pb2, types_pb2
 
+from common.tensors import TensorError, to_numpy
 from gateway.main import create_app
 from gateway.settings import Settings
-from serving.errors import InvalidArgumentError
 from serving.metrics import ServerMetrics
 from serving.model_manager import ModelManager
 from serving.rest_api import create_rest_app
-from serving.runtime import tensor_proto_to_ndarray
 from tests.gateway import images
 
 MESSAGE_LIMIT = 64 * 1024 * 1024
@@ -35,20 +34,20 @@ def proto(dtype: int, shape: tuple[int, ...], **values: object) -> tensor_pb2.Te
 
 def test_a_tensor_may_not_declare_more_than_a_message_could_carry() -> None:
     few_bytes = proto(types_pb2.DT_UINT8, (3000, 224, 224, 3), int_val=[7])  # 450 MB once filled
-    with pytest.raises(InvalidArgumentError, match="would take 451,584,000 bytes"):
-        tensor_proto_to_ndarray(few_bytes, MESSAGE_LIMIT)
-    assert tensor_proto_to_ndarray(proto(types_pb2.DT_UINT8, (2, 2), int_val=[7]), MESSAGE_LIMIT).sum() == 28
+    with pytest.raises(TensorError, match="would take 451,584,000 bytes"):
+        to_numpy(few_bytes, MESSAGE_LIMIT)
+    assert to_numpy(proto(types_pb2.DT_UINT8, (2, 2), int_val=[7]), MESSAGE_LIMIT).sum() == 28
 
 
 def test_shapes_whose_size_overflows_are_refused() -> None:
     for shape in [(2**62, 2**62), (2**40, 224, 224, 3), (0, 2**31, 2**31)]:  # the last found by `make fuzz`
-        with pytest.raises(InvalidArgumentError):
-            tensor_proto_to_ndarray(proto(types_pb2.DT_UINT8, shape), MESSAGE_LIMIT)
+        with pytest.raises(TensorError):
+            to_numpy(proto(types_pb2.DT_UINT8, shape), MESSAGE_LIMIT)
 
 
 def test_an_unknown_dtype_number_is_an_invalid_argument() -> None:
-    with pytest.raises(InvalidArgumentError, match="DataType 999"):
-        tensor_proto_to_ndarray(proto(999, (1,)))
+    with pytest.raises(TensorError, match="DataType 999"):
+        to_numpy(proto(999, (1,)))
 
 
 def rest_client(max_body_bytes: int | None = None) -> StarletteTestClient:

@@ -36,10 +36,9 @@ from tensorflow_serving.apis import (
 
 from common import signatures
 from common.preprocessing import IMAGE_SIZE
-from serving.runtime import ndarray_to_tensor_proto, tensor_proto_to_ndarray
+from common.repository import REPO_ROOT
+from common.tensors import to_numpy, to_tensor_proto
 
-REPOSITORY = Path(__file__).resolve().parents[2]
-SHARED = REPOSITORY.parent / "shared"
 MODEL_NAME = "ai_detector"
 WAIT_SECONDS = 60.0  # upper bound for "eventually" loops; a passing run takes far less
 
@@ -108,9 +107,7 @@ def build_tiny_saved_model(
             (signatures.SERVING_SIGNATURE, signatures.IMAGE_INPUT, random_images(1)),
             (signatures.BYTES_SIGNATURE, signatures.BYTES_INPUT, np.array([png_bytes(seed=1)], dtype=object)),
         ):
-            request = predict_request(
-                {alias: ndarray_to_tensor_proto(value, as_tensor_content=True)}, signature_name
-            )
+            request = predict_request({alias: to_tensor_proto(value, as_tensor_content=True)}, signature_name)
             log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
             writer.write(log.SerializeToString())
     card = {"name": MODEL_NAME, "backbone": "tiny-test", "threshold": threshold, "temperature": temperature}
@@ -219,7 +216,7 @@ def start_server(extra_flags: list[str], log_path: Path) -> ServerProcess:
     environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
     log_file = log_path.open("wb")
     process = subprocess.Popen(
-        command, cwd=REPOSITORY, stdout=log_file, stderr=subprocess.STDOUT, env=environment
+        command, cwd=REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT, env=environment
     )
     return ServerProcess(process, grpc_port, rest_port, log_path)
 
@@ -301,7 +298,7 @@ class Client:
     ) -> tuple[predict_pb2.PredictResponse, dict[str, np.ndarray]]:
         request = predict_request(
             {
-                alias: ndarray_to_tensor_proto(value, as_tensor_content=as_tensor_content)
+                alias: to_tensor_proto(value, as_tensor_content=as_tensor_content)
                 for alias, value in inputs.items()
             },
             signature_name,
@@ -311,7 +308,7 @@ class Client:
             output_filter,
         )
         response = self.predictions.Predict(request, timeout=timeout)
-        return response, {alias: tensor_proto_to_ndarray(proto) for alias, proto in response.outputs.items()}
+        return response, {alias: to_numpy(proto) for alias, proto in response.outputs.items()}
 
     def status(
         self, model_name: str = MODEL_NAME, version: int | None = None

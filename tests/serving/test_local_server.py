@@ -26,10 +26,10 @@ from tensorflow_serving.apis import get_model_metadata_pb2, model_management_pb2
 
 from common import model_config, signatures
 from common.preprocessing import IMAGE_SIZE, decode_and_resize
-from serving.runtime import ndarray_to_tensor_proto
+from common.repository import SHARED_UPLOADS
+from common.tensors import to_tensor_proto
 from tests.serving.local_server_support import (
     MODEL_NAME,
-    SHARED,
     Client,
     ServerProcess,
     build_tiny_saved_model,
@@ -283,7 +283,7 @@ def test_bytes_signature_matches_shared_preprocessing(client: Client) -> None:
     """Real uploads through the in-graph decoder agree with common.preprocessing (stated tolerance)."""
     from PIL import Image
 
-    folder = SHARED / "data" / "uploads"
+    folder = SHARED_UPLOADS
     # RGB files only: the tiny model's decoder drops alpha, where the shared function composites it on white.
     candidates = [path for pattern in ("*.jp*g", "*.png") for path in sorted(folder.glob(pattern))]
     uploads = [path for path in candidates if Image.open(path).mode == "RGB"][:3]
@@ -330,7 +330,7 @@ def test_a_failed_predict_is_logged_with_the_callers_request_id(
 ) -> None:
     """Issue 14: one request id end to end: the gateway sends it as metadata `x-request-id`."""
     request = predict_request(
-        {signatures.IMAGE_INPUT: ndarray_to_tensor_proto(random_images(1))},
+        {signatures.IMAGE_INPUT: to_tensor_proto(random_images(1))},
         signatures.SERVING_SIGNATURE,
         "no_such_model",
     )

@@ -17,7 +17,6 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-import tensorflow as tf
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
@@ -40,15 +39,12 @@ from serving.model_manager import (
     map_base_path,
     parse_prefix_map,
     validate_config,
-    versions_on_disk,
 )
 from serving.rest_api import inputs_from_json, outputs_to_json
 from serving.runtime import (
     SignatureSpec,
     TensorSpec,
-    ndarray_to_tensor_proto,
     read_signatures,
-    tensor_proto_to_ndarray,
 )
 from serving.settings import get_settings
 from tests.serving.local_server_support import Client, config_text, eventually, free_port
@@ -118,45 +114,6 @@ def release_loads() -> Iterator[None]:
 
 def one_model_config(base_path: str, labels: dict[str, int] | None = None, policy: str = "") -> str:
     return config_text([{"name": "demo", "base_path": base_path, "labels": labels or {}, "policy": policy}])
-
-
-# ---------------------------------------------------------------- TensorProto <-> numpy
-
-
-@pytest.mark.parametrize(
-    "array",
-    [
-        np.arange(24, dtype=np.uint8).reshape(2, 3, 4),
-        np.array([[1.5, -2.25]], dtype=np.float32),
-        np.array([1, -7], dtype=np.int32),
-        np.array([2**40], dtype=np.int64),
-        np.array([True, False]),
-        np.array([0.5, 1.0], dtype=np.float16),
-        np.array([b"a", b"\x00\xff"], dtype=object),
-    ],
-)
-def test_tensor_protos_agree_with_tensorflow(array: np.ndarray) -> None:
-    for as_tensor_content in (False, True):
-        proto = ndarray_to_tensor_proto(array, as_tensor_content=as_tensor_content)
-        np.testing.assert_array_equal(tf.make_ndarray(proto), array)
-        np.testing.assert_array_equal(tensor_proto_to_ndarray(proto), array)
-    np.testing.assert_array_equal(tensor_proto_to_ndarray(tf.make_tensor_proto(array)), array)
-
-
-def test_tensor_proto_fill_rules_follow_tensorflow() -> None:
-    splat = tf.make_tensor_proto(7, dtype=tf.uint8, shape=[2, 2])  # one value fills the tensor
-    np.testing.assert_array_equal(tensor_proto_to_ndarray(splat), tf.make_ndarray(splat))
-    short = ndarray_to_tensor_proto(np.array([1.0, 2.0], dtype=np.float32))
-    short.tensor_shape.dim[0].size = 4  # fewer values than elements: padded with the last
-    np.testing.assert_array_equal(tensor_proto_to_ndarray(short), [1.0, 2.0, 2.0, 2.0])
-    too_many = ndarray_to_tensor_proto(np.array([1, 2, 3], dtype=np.int32))
-    too_many.tensor_shape.dim[0].size = 2
-    with pytest.raises(InvalidArgumentError):
-        tensor_proto_to_ndarray(too_many)
-    wrong_bytes = ndarray_to_tensor_proto(np.zeros(4, np.float32), as_tensor_content=True)
-    wrong_bytes.tensor_content = wrong_bytes.tensor_content[:-1]
-    with pytest.raises(InvalidArgumentError, match="tensor_content has 15 bytes"):
-        tensor_proto_to_ndarray(wrong_bytes)
 
 
 # ---------------------------------------------------------------- batching
@@ -305,14 +262,6 @@ def test_stop_runs_what_is_queued() -> None:
 
 
 # ---------------------------------------------------------------- versions and config
-
-
-def test_only_integer_folders_are_versions(tmp_path: Path) -> None:
-    for name in ("1", "12", ".tmp-13", "13.partial", "latest", "007"):
-        (tmp_path / name).mkdir()
-    (tmp_path / "14").write_text("a file, not a folder")
-    assert sorted(versions_on_disk(tmp_path)) == [1, 7, 12]
-    assert versions_on_disk(tmp_path / "missing") == {}
 
 
 @pytest.mark.parametrize(

@@ -20,9 +20,9 @@ import yaml
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
 from google.protobuf.message import Message
 
-from common import model_config
+from common import model_config, model_versions
+from common.repository import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVING = REPO_ROOT / "serving"
 FLAGS_FILE = Path(__file__).with_name("tf_serving_flags.txt")
 DOCKERFILES = {"gpu": SERVING / "Dockerfile", "cpu": SERVING / "Dockerfile.cpu"}
@@ -261,11 +261,13 @@ def test_models_config_serves_the_newest_committed_version_labelled_stable() -> 
     assert [entry.name for entry in config.model_config_list.config] == [model_config.DEFAULT_MODEL_NAME]
     entry = model_config.model(config)
     assert entry.model_platform == "tensorflow"
-    committed = sorted(
-        int(folder.name)
-        for folder in (SERVING.parent / "models" / model_config.DEFAULT_MODEL_NAME).iterdir()
-        if folder.name.isdigit() and (folder / "saved_model.pb").is_file()
-    )
+    committed = [
+        version
+        for version, folder in model_versions.version_folders(
+            SERVING.parent / "models" / model_config.DEFAULT_MODEL_NAME
+        ).items()
+        if (folder / "saved_model.pb").is_file()
+    ]
     assert committed, "no committed model version"
     assert model_config.served_versions(config) == [committed[-1]]
     assert dict(entry.version_labels) == {model_config.STABLE_LABEL: committed[-1]}
