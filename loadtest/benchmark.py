@@ -34,9 +34,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -45,8 +42,18 @@ from typing import Any
 
 from common import model_config
 from common.model_config import DEFAULT_MODEL_NAME, STABLE_LABEL
+from common.processes import (
+    DEFAULT_BATCHING_FILE,
+    LOOPBACK,
+    ManagedProcess,
+    ProcessExitedError,
+    StopRequestedError,
+    answers_200,
+    free_port,
+    raise_stop,
+    wait_until,
+)
 from common.repository import REPO_ROOT, code_version
-from gateway import run_local
 from loadtest import generator, stages
 from loadtest.benchmark_models import (
     BenchmarkModel,
@@ -58,7 +65,7 @@ from loadtest.generator import StepResult
 from loadtest.machine import machine_description
 from loadtest.samples import MultipartUpload, load_uploads, multipart_upload
 from loadtest.settings import P95_TARGET_MILLISECONDS, UPLOADS_DIRECTORY
-from loadtest.stack import DEFAULT_BATCHING_FILE, LOOPBACK, LocalStack, StackError, free_port, log_tail
+from loadtest.stack import LocalStack, StackError
 
 DEFAULT_OUTPUT = REPO_ROOT / "docs" / "performance.md"
 BEGIN_MARKER = "<!-- benchmark:begin -->"
@@ -163,47 +170,28 @@ def start_baseline(model: BenchmarkModel, log_directory: Path) -> RunningSystem:
     if model.keras_model is None:
         raise BenchmarkError(f"no Keras model for the baseline of {model.description}")
     port = free_port()
-    log_directory.mkdir(parents=True, exist_ok=True)
-    log_path = log_directory / "baseline.log"
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "loadtest.baseline_app",
-                f"--keras-model={model.keras_model}",
-                f"--host={LOOPBACK}",
-                f"--port={port}",
-            ],
-            cwd=REPO_ROOT,
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    command = [
+        sys.executable,
+        "-m",
+        "loadtest.baseline_app",
+        f"--keras-model={model.keras_model}",
+        f"--host={LOOPBACK}",
+        f"--port={port}",
+    ]
+    process = ManagedProcess("baseline app", command, log_directory / "baseline.log").start()
+    url = f"http://{LOOPBACK}:{port}"
+    try:
+        wait_until(
+            lambda: answers_200(f"{url}/health"), START_TIMEOUT_SECONDS, "the baseline app answers",
+            log=process.log_path, processes=[process],
+        )  # fmt: skip
+    except (TimeoutError, ProcessExitedError) as error:
+        process.stop()
+        raise StackError(f"the baseline app did not start: {error}") from error
 
     def stop() -> None:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        process.stop()
 
-    url = f"http://{LOOPBACK}:{port}"
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
-                if response.status == 200:
-                    break
-        except (urllib.error.URLError, OSError):
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            stop()
-            raise StackError(f"the baseline app did not start:\n{log_tail(log_path)}")
-        time.sleep(0.5)
     return RunningSystem(url=url, stop=stop)
 
 
@@ -803,7 +791,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BenchmarkModelError, BenchmarkError, StackError) as error:
         print(f"benchmark: {error}", file=sys.stderr)
         return 1
-    except run_local.StopRequestedError as stop:
+    except StopRequestedError as stop:
         print(f"benchmark: {stop.args[0]}: stopped (its servers are stopped too)", file=sys.stderr)
         return 1
     command_line = "python -m loadtest.benchmark " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -825,5 +813,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     # SIGTERM unwinds like Ctrl-C, so the servers this run started are stopped on the way out.
-    signal.signal(signal.SIGTERM, run_local.raise_stop)
+    signal.signal(signal.SIGTERM, raise_stop)
     sys.exit(main())

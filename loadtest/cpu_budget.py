@@ -52,8 +52,8 @@ import psutil
 from PIL import Image, ImageOps
 
 from common.preprocessing import IMAGE_SIZE, decode_and_resize, resize_to_model_input, to_rgb
+from common.processes import DEFAULT_BATCHING_FILE, StopRequestedError, raise_stop
 from common.repository import code_version
-from gateway import run_local
 from loadtest import generator, stages
 from loadtest.benchmark import (
     DEFAULT_OUTPUT,
@@ -70,7 +70,7 @@ from loadtest.benchmark_models import BenchmarkModel, BenchmarkModelError, find_
 from loadtest.machine import machine_description
 from loadtest.samples import MultipartUpload, UploadSample, load_uploads, multipart_upload
 from loadtest.settings import UPLOADS_DIRECTORY
-from loadtest.stack import DEFAULT_BATCHING_FILE, LocalStack, StackError
+from loadtest.stack import LocalStack, StackError
 
 BEGIN_MARKER = "<!-- cpu-budget:begin -->"
 END_MARKER = "<!-- cpu-budget:end -->"
@@ -507,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     except (BenchmarkModelError, BenchmarkError, StackError) as error:
         print(f"cpu_budget: {error}", file=sys.stderr)
         return 1
-    except run_local.StopRequestedError as stop:
+    except StopRequestedError as stop:
         print(f"cpu_budget: {stop.args[0]}: stopped (its servers are stopped too)", file=sys.stderr)
         return 1
     finally:
@@ -533,5 +533,5 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     # SIGTERM unwinds like Ctrl-C, so the servers this run started are stopped on the way out.
-    signal.signal(signal.SIGTERM, run_local.raise_stop)
+    signal.signal(signal.SIGTERM, raise_stop)
     sys.exit(main())

@@ -23,8 +23,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.processes import StopRequestedError, raise_stop
 from common.repository import REPO_ROOT, code_version
-from gateway import run_local
 from loadtest import report
 from loadtest.machine import OtherLoad, OtherLoadMonitor, machine_description
 from loadtest.settings import GRPC_USER, USER_CLASSES, Settings
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     except StackError as error:
         print(f"loadtest: {error}", file=sys.stderr)
         return EXIT_ERROR
-    except run_local.StopRequestedError as stop:
+    except StopRequestedError as stop:
         print(f"loadtest: {stop.args[0]}: stopped (the stack it started is stopped too)", file=sys.stderr)
         return EXIT_ERROR
     print()
@@ -232,5 +232,5 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     # SIGTERM unwinds like Ctrl-C, so the stack this run started is stopped on the way out.
-    signal.signal(signal.SIGTERM, run_local.raise_stop)
+    signal.signal(signal.SIGTERM, raise_stop)
     sys.exit(main())

@@ -1,53 +1,42 @@
 """The stack under test: the local model server and the gateway as real processes on free loopback ports.
 
-The commands come from `gateway/run_local.py` (what `make run` starts), so the load test measures the
-same processes with the same flags; only the ports, the log files and, for the benchmark, the
-batching parameters differ. Each process is stopped by its own pid (SIGTERM, then SIGKILL).
+The command lines are `make run`'s (common.processes: ModelServerFlags, GatewayFlags, with the same
+batching and monitoring files), so the load test measures the same processes with the same flags;
+only the ports, the log files and, for the benchmark, the batching parameters differ. Each process
+is stopped by its own pid with the launcher's one stop policy.
 """
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import time
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from types import TracebackType
 
 from common.model_config import DEFAULT_MODEL_NAME
-from gateway import run_local
+from common.processes import (
+    DEFAULT_BATCHING_FILE,
+    DEFAULT_MONITORING_FILE,
+    LOOPBACK,
+    READY_TIMEOUT_SECONDS,
+    GatewayFlags,
+    LaunchError,
+    ManagedProcess,
+    ModelServerFlags,
+    ProcessExitedError,
+    answers_200,
+    check_models,
+    free_port,
+    gateway_settings,
+    service_environment,
+    wait_until,
+)
 
-LOOPBACK = run_local.LOOPBACK
-DEFAULT_BATCHING_FILE = run_local.REPO_ROOT / "serving" / "batching.cpu.config"
 # serving/monitoring.config's path, where the model server's Prometheus text is served on the REST port.
 MODEL_SERVER_METRICS_PATH = "/monitoring/prometheus/metrics"
-BATCHING_FLAGS = ("--enable_batching", "--batching_parameters_file=")
 
 
 class StackError(RuntimeError):
     """The stack did not start; the message carries the end of the failing process's log."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((LOOPBACK, 0))
-        return int(probe.getsockname()[1])
-
-
-def log_tail(path: Path, lines: int = 30) -> str:
-    if not path.is_file():
-        return ""
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
-def with_batching(command: list[str], batching_file: Path | None) -> list[str]:
-    """`command` with its batching flags replaced: `batching_file`, or no batching when None."""
-    kept = [argument for argument in command if not argument.startswith(BATCHING_FLAGS)]
-    if batching_file is None:
-        return kept
-    return [*kept, "--enable_batching", f"--batching_parameters_file={Path(batching_file).resolve()}"]
 
 
 @dataclass
@@ -66,7 +55,7 @@ class LocalStack:
     grpc_port: int = field(default_factory=free_port)
     rest_port: int = field(default_factory=free_port)
     gateway_port: int = field(default_factory=free_port)
-    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    processes: dict[str, ManagedProcess] = field(default_factory=dict)
 
     @property
     def gateway_url(self) -> str:
@@ -84,80 +73,59 @@ class LocalStack:
         return self.log_directory / f"{name.replace(' ', '_')}.log"
 
     def commands(self) -> dict[str, list[str]]:
-        arguments = run_local.parse_arguments(
-            [
-                f"--gateway-port={self.gateway_port}",
-                f"--grpc-port={self.grpc_port}",
-                f"--rest-port={self.rest_port}",
-                f"--models={self.models_directory}",
-                f"--model-config={self.model_config_file}",
-                f"--model-name={self.model_name}",
-            ]
+        server = ModelServerFlags(
+            grpc_port=self.grpc_port,
+            rest_port=self.rest_port,
+            model_config_file=self.model_config_file,
+            models_root=self.models_directory,
+            batching_file=self.batching_file,
+            monitoring_file=DEFAULT_MONITORING_FILE if DEFAULT_MONITORING_FILE.is_file() else None,
+            extra=tuple(self.extra_server_flags),
         )
-        server = with_batching(run_local.model_server_command(arguments), self.batching_file)
         return {
-            "model server": [*server, *self.extra_server_flags],
-            "gateway": run_local.gateway_command(arguments),
+            "model server": server.command(),
+            "gateway": GatewayFlags(port=self.gateway_port, model_server=server.grpc_address).command(),
         }
 
     def environment(self) -> dict[str, str]:
-        return {
-            **os.environ,
-            "PYTHONUNBUFFERED": "1",
-            "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
-            "AIDETECT_GATEWAY_MODEL_NAME": self.model_name,
-            "AIDETECT_GATEWAY_MODEL_CARD_DIRECTORY": str((self.models_directory / self.model_name).resolve()),
-            **{f"AIDETECT_GATEWAY_{name.upper()}": value for name, value in self.gateway_settings.items()},
-        }
+        return service_environment(
+            AIDETECT_GATEWAY_MODEL_NAME=self.model_name,
+            AIDETECT_GATEWAY_MODEL_CARD_DIRECTORY=str((self.models_directory / self.model_name).resolve()),
+            **gateway_settings(**self.gateway_settings),
+        )
 
-    def start(self, ready_timeout_seconds: float = run_local.READY_TIMEOUT_SECONDS) -> None:
+    def start(self, ready_timeout_seconds: float = READY_TIMEOUT_SECONDS) -> None:
         """Start both processes and wait until the gateway's /ready answers 200."""
         try:
-            run_local.check_models(self.models_directory, self.model_name, self.model_config_file)
-        except run_local.LaunchError as error:
+            check_models(self.models_directory, self.model_name, self.model_config_file)
+        except LaunchError as error:
             raise StackError(str(error)) from error
-        self.log_directory.mkdir(parents=True, exist_ok=True)
         environment = self.environment()
         for name, command in self.commands().items():
-            with self.log_path(name).open("ab") as log:
-                self.processes[name] = subprocess.Popen(
-                    command,
-                    cwd=run_local.REPO_ROOT,
-                    env=environment,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    preexec_fn=(
-                        partial(os.sched_setaffinity, 0, self.cpu_affinity[name])
-                        if name in self.cpu_affinity
-                        else None
-                    ),
-                )
-        deadline = time.monotonic() + ready_timeout_seconds
-        while not run_local.is_ready(f"{self.gateway_url}/ready"):
-            for name, process in self.processes.items():
-                if process.poll() is not None:
-                    self.stop()
-                    raise StackError(
-                        f"the {name} exited with code {process.returncode}:\n{log_tail(self.log_path(name))}"
-                    )
-            if time.monotonic() > deadline:
-                self.stop()
-                raise StackError(
-                    f"{self.gateway_url}/ready did not answer 200 within {ready_timeout_seconds:.0f} s:\n"
-                    f"{log_tail(self.log_path('model server'))}"
-                )
-            time.sleep(0.5)
+            self.processes[name] = ManagedProcess(
+                name, command, self.log_path(name), environment, cpus=self.cpu_affinity.get(name)
+            ).start()
+        try:
+            wait_until(
+                lambda: answers_200(f"{self.gateway_url}/ready"),
+                ready_timeout_seconds,
+                f"{self.gateway_url}/ready answers 200",
+                log=self.log_path("model server"),
+                processes=list(self.processes.values()),
+            )
+        except (TimeoutError, ProcessExitedError) as error:
+            self.stop()
+            raise StackError(str(error)) from error
 
     def stop(self) -> None:
         """Gateway first (it drains its requests), then the model server."""
         for name in ("gateway", "model server"):
             process = self.processes.pop(name, None)
             if process is not None:
-                run_local.stop(process, name)
+                process.stop()
 
     def process_ids(self) -> dict[str, int]:
-        return {name: process.pid for name, process in self.processes.items()}
+        return {name: process.pid for name, process in self.processes.items() if process.pid is not None}
 
     def __enter__(self) -> LocalStack:
         self.start()

@@ -24,9 +24,6 @@ import json
 import os
 import platform
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -42,6 +39,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from common import model_config, signatures
 from common.preprocessing import IMAGE_SIZE, ImageInputError, decode_and_resize
+from common.processes import DEFAULT_BATCHING_FILE, ManagedProcess, ModelServerFlags, free_port
 from common.repository import REPO_ROOT, SHARED_UPLOADS
 from common.tensors import to_tensor_proto
 
@@ -122,13 +120,6 @@ def measure_in_process(version_dir: Path, images: np.ndarray, calls: int, batch_
     }
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 class ServerUnderTest:
     def __init__(self, version_dir: Path, workspace: Path, batching_file: Path | None, threads: int) -> None:
         models = workspace / "models" / MODEL_NAME
@@ -139,37 +130,24 @@ class ServerUnderTest:
         config_file = workspace / "models.config"
         model_config.save(model_config.new_config(MODEL_NAME, f"/models/{MODEL_NAME}"), config_file)
         self.port = free_port()
-        command = [
-            sys.executable,
-            "-m",
-            "serving.server",
-            f"--port={self.port}",
-            "--rest_api_port=0",
-            "--host=127.0.0.1",
-            f"--model_config_file={config_file}",
-            f"--model_base_path_prefix_map=/models={workspace / 'models'}",
-            "--file_system_poll_wait_seconds=0",
-            f"--grpc_max_threads={max(32, threads * 2)}",
-        ]
-        if batching_file is not None:
-            command += ["--enable_batching", f"--batching_parameters_file={batching_file}"]
-        self.log_path = workspace / ("server-batching.log" if batching_file else "server.log")
-        self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            command,
-            cwd=REPO_ROOT,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        flags = ModelServerFlags(
+            grpc_port=self.port,
+            rest_port=0,
+            model_config_file=config_file,
+            models_root=workspace / "models",
+            batching_file=batching_file,
+            extra=("--file_system_poll_wait_seconds=0", f"--grpc_max_threads={max(32, threads * 2)}"),
         )
+        self.log_path = workspace / ("server-batching.log" if batching_file else "server.log")
+        self.server = ManagedProcess("model server", flags.command(), self.log_path).start()
 
     def wait_until_serving(self, timeout_seconds: float = 600) -> None:
         deadline = time.monotonic() + timeout_seconds
         with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"server exited: {self.log_path.read_text(errors='replace')[-2000:]}")
+                if not self.server.running:
+                    raise RuntimeError(f"server exited: {self.server.log_tail()}")
                 try:
                     status = health.Check(health_pb2.HealthCheckRequest(), timeout=2).status
                     if status == health_pb2.HealthCheckResponse.SERVING:
@@ -180,14 +158,7 @@ class ServerUnderTest:
         raise TimeoutError("the server did not become SERVING")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
+        self.server.stop()
 
 
 def make_request(image: np.ndarray) -> predict_pb2.PredictRequest:
@@ -301,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serving.benchmark", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-version-dir", type=Path, required=True, help="a SavedModel version folder")
     parser.add_argument(
-        "--batching-parameters-file", type=Path, default=REPO_ROOT / "serving" / "batching.cpu.config"
+        "--batching-parameters-file", type=Path, default=DEFAULT_BATCHING_FILE
     )
     parser.add_argument("--concurrency", type=int, nargs="+", default=list(DEFAULT_CONCURRENCY))
     parser.add_argument("--requests-per-client", type=int, default=40)

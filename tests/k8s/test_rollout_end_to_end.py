@@ -34,6 +34,7 @@ from tests.gateway.processes import (
     START_TIMEOUT_SECONDS,
     ManagedProcess,
     answers,
+    child_process,
     free_port,
     gateway_process,
     wait_until,
@@ -87,7 +88,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, exports: dict[str, Path]) ->
     write_stable_config(workspace / "models.config", 1)
     (workspace / "traffic.json").write_text('{"canary_label": "canary", "canary_percent": 0.0}\n')
     grpc_port, rest_port, gateway_port = free_port(), free_port(), free_port()
-    server = ManagedProcess(
+    server = child_process(
         [
             sys.executable, "-m", "serving.server",
             "--host=127.0.0.1", f"--port={grpc_port}", f"--rest_api_port={rest_port}",

@@ -14,7 +14,6 @@ from loadtest import report, stages
 from loadtest.generator import StepResult
 from loadtest.samples import load_uploads, multipart_upload
 from loadtest.settings import GATEWAY_USER, Settings
-from loadtest.stack import with_batching
 
 
 def record(name: str, milliseconds: float, start: float = 0.0, error: str = "") -> report.RequestRecord:
@@ -155,21 +154,6 @@ def test_stage_breakdown_is_the_mean_of_what_happened_between_two_scrapes(
     assert result.server_runtime_per_batch == pytest.approx(80.0)
     assert result.mean_batch_size == pytest.approx(4.0)
     assert math.isnan(result.read)  # not on the page: not measured, not zero
-
-
-def test_batching_flags_are_replaced_or_removed() -> None:
-    command = [
-        "python",
-        "-m",
-        "serving.server",
-        "--port=1",
-        "--enable_batching",
-        "--batching_parameters_file=/a",
-    ]
-    assert with_batching(command, None) == ["python", "-m", "serving.server", "--port=1"]
-    replaced = with_batching(command, Path("/b.config"))
-    assert replaced[-2:] == ["--enable_batching", "--batching_parameters_file=/b.config"]
-    assert replaced.count("--enable_batching") == 1
 
 
 def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

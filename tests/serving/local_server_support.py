@@ -12,8 +12,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +34,7 @@ from tensorflow_serving.apis import (
 
 from common import signatures
 from common.preprocessing import IMAGE_SIZE
+from common.processes import free_port, stop_process
 from common.repository import REPO_ROOT
 from common.tensors import to_numpy, to_tensor_proto
 
@@ -142,13 +141,6 @@ def copy_version(source: Path, model_root: Path, version: int | str) -> Path:
     return target
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def config_text(models: list[dict[str, Any]]) -> str:
     """A models.config; each model: name, base_path, policy (text inside model_version_policy), labels."""
     blocks = []
@@ -189,14 +181,8 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        code, _ = stop_process(self.process)
+        return code
 
 
 def start_server(extra_flags: list[str], log_path: Path) -> ServerProcess:
