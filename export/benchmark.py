@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import gc
 import json
-import os
-import resource
 import statistics
 import tempfile
 import time
@@ -25,35 +23,6 @@ from typing import Annotated, Any
 import typer
 
 BATCH_SIZES = (1, 8, 32)
-
-
-class CpuShare:
-    """Share of the machine's CPU time used by *other* processes between start() and stop()."""
-
-    def __init__(self) -> None:
-        self._ticks_per_second = os.sysconf("SC_CLK_TCK")
-        self._cores = os.cpu_count() or 1
-
-    @staticmethod
-    def _busy_ticks() -> int:
-        fields = [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-        idle = fields[3] + fields[4]  # idle + iowait
-        return sum(fields[:8]) - idle
-
-    @staticmethod
-    def _own_seconds() -> float:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime
-
-    def start(self) -> None:
-        self._started = (time.monotonic(), self._busy_ticks(), self._own_seconds())
-
-    def stop(self) -> float:
-        wall, busy, own = self._started
-        elapsed = time.monotonic() - wall
-        busy_seconds = (self._busy_ticks() - busy) / self._ticks_per_second
-        others = max(0.0, busy_seconds - (self._own_seconds() - own))
-        return round(others / (elapsed * self._cores), 3)
 
 
 def benchmark_model(
@@ -72,6 +41,7 @@ def benchmark_model(
     Variants are built in child processes and loaded one at a time (a ResNet50 variant holds
     1-1.5 GB), so a pass loads each variant again; timing starts after a warm-up call.
     """
+    from common.machine import OtherLoadMonitor
     from export import measure
     from export.optimize import (
         REFERENCE_VARIANT,
@@ -96,10 +66,9 @@ def benchmark_model(
         print(f"[{label}] {name}: built and saved in {build_seconds:.0f} s, {size / 1e6:.1f} MB", flush=True)
 
     images = reference.images[:32]
-    cpu = CpuShare()
     timed = list(variant_names)
     for pass_index in range(passes):
-        cpu.start()
+        monitor = OtherLoadMonitor().start()
         for name in timed:
             loaded, loaded_signatures = measure.load_signatures(scratch / label / name)
             serving = loaded_signatures["serving_default"]
@@ -120,7 +89,7 @@ def benchmark_model(
                 print(f"[{label}] {name}: {agreement}", flush=True)
             del loaded, loaded_signatures, serving
             gc.collect()
-        share = cpu.stop()
+        share = round(monitor.stop().share_of_machine, 3)
         results["passes"].append({"variants": list(timed), "other_processes_cpu_share": share})
         print(f"[{label}] pass {pass_index + 1}: other processes used {share:.0%} of the CPU", flush=True)
 
@@ -185,11 +154,11 @@ def main(
     output: Annotated[Path | None, typer.Option(help="Write the measurements as JSON here")] = None,
 ) -> None:
     """Benchmark all export variants side by side and print a markdown table."""
-    import platform
 
     import keras
     import tensorflow as tf
 
+    from common.machine import describe_machine
     from common.repository import SHARED_DATA
     from export.optimize import VARIANTS
     from export.reference import build_reference_set, validation_files, with_keras_logits
@@ -201,7 +170,7 @@ def main(
     paths = validation_files(data_path, training_run.config.get("limit_per_split") if training_run else None)
     paths = paths[:agreement_images] if agreement_images else paths
     report: dict[str, Any] = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}",
+        "machine": describe_machine(),
         "tensorflow": tf.__version__,
         "passes": passes,
         "rounds": rounds,

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from common import model_config
+from common.machine import machine_description
 from common.model_config import DEFAULT_MODEL_NAME, STABLE_LABEL
 from common.processes import (
     DEFAULT_BATCHING_FILE,
@@ -62,7 +63,6 @@ from loadtest.benchmark_models import (
     prepare_resnet50,
 )
 from loadtest.generator import StepResult
-from loadtest.machine import machine_description
 from loadtest.samples import MultipartUpload, load_uploads, multipart_upload
 from loadtest.settings import P95_TARGET_MILLISECONDS, UPLOADS_DIRECTORY
 from loadtest.stack import LocalStack, StackError

@@ -51,6 +51,7 @@ import numpy as np
 import psutil
 from PIL import Image, ImageOps
 
+from common.machine import machine_description
 from common.preprocessing import IMAGE_SIZE, decode_and_resize, resize_to_model_input, to_rgb
 from common.processes import DEFAULT_BATCHING_FILE, StopRequestedError, raise_stop
 from common.repository import code_version
@@ -67,7 +68,6 @@ from loadtest.benchmark import (
     write_into,
 )
 from loadtest.benchmark_models import BenchmarkModel, BenchmarkModelError, find_starter, prepare_resnet50
-from loadtest.machine import machine_description
 from loadtest.samples import MultipartUpload, UploadSample, load_uploads, multipart_upload
 from loadtest.settings import UPLOADS_DIRECTORY
 from loadtest.stack import LocalStack, StackError

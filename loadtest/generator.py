@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from loadtest.machine import OtherLoadMonitor
+from common.machine import OtherLoadMonitor
 from loadtest.samples import MultipartUpload
 
 PREDICT_PATH = "/predict"

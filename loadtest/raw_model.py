@@ -25,7 +25,7 @@ import numpy as np
 import psutil
 
 from common import signatures
-from loadtest.machine import OtherLoadMonitor
+from common.machine import OtherLoadMonitor
 from loadtest.samples import load_uploads, model_inputs
 from loadtest.settings import UPLOADS_DIRECTORY
 

@@ -23,10 +23,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.machine import OtherLoad, OtherLoadMonitor, machine_description
 from common.processes import StopRequestedError, raise_stop
 from common.repository import REPO_ROOT, code_version
 from loadtest import report
-from loadtest.machine import OtherLoad, OtherLoadMonitor, machine_description
 from loadtest.settings import GRPC_USER, USER_CLASSES, Settings
 from loadtest.stack import LocalStack, StackError
 

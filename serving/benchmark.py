@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -38,6 +36,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from common import model_config, signatures
+from common.machine import describe_machine
 from common.preprocessing import IMAGE_SIZE, ImageInputError, decode_and_resize
 from common.processes import DEFAULT_BATCHING_FILE, ManagedProcess, ModelServerFlags, free_port
 from common.repository import REPO_ROOT, SHARED_UPLOADS
@@ -204,11 +203,6 @@ def run_clients(
     return Measurement(mode, clients, len(flat), seconds, flat, sum(errors))
 
 
-def machine_description() -> str:
-    processor = platform.processor() or platform.machine()
-    return f"{processor}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}"
-
-
 def render_report(
     arguments: argparse.Namespace, raw: dict, measurements: list[Measurement], batching_text: str, card: dict
 ) -> str:
@@ -221,7 +215,7 @@ def render_report(
         "# Local model server benchmark",
         "",
         f"Written by `python -m serving.benchmark` on {now:%Y-%m-%d %H:%M} UTC;",
-        f"machine: {machine_description()}.",
+        f"machine: {describe_machine()}.",
         f"Model: `{arguments.model_version_dir}` ({card.get('backbone', 'unknown backbone')}).",
         f"Each client sends {arguments.requests_per_client} single-image gRPC Predict requests (uint8",
         f"{IMAGE_SIZE}x{IMAGE_SIZE}x3, `serving_default`) one after another, after one warm-up request "
@@ -271,9 +265,7 @@ def render_report(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serving.benchmark", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-version-dir", type=Path, required=True, help="a SavedModel version folder")
-    parser.add_argument(
-        "--batching-parameters-file", type=Path, default=DEFAULT_BATCHING_FILE
-    )
+    parser.add_argument("--batching-parameters-file", type=Path, default=DEFAULT_BATCHING_FILE)
     parser.add_argument("--concurrency", type=int, nargs="+", default=list(DEFAULT_CONCURRENCY))
     parser.add_argument("--requests-per-client", type=int, default=40)
     parser.add_argument("--raw-calls", type=int, default=40, help="in-process calls for the raw baseline")

@@ -22,8 +22,6 @@ import functools
 import hashlib
 import json
 import logging
-import os
-import platform
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -259,6 +257,7 @@ def run_loso(
     limit: int | None = None,
     bootstrap_rounds: int = 1000,
 ) -> dict[str, Any]:
+    from common.machine import describe_machine
     from common.repository import code_version
 
     chosen = [recipes.recipe(name) for name in recipe_names]
@@ -278,7 +277,7 @@ def run_loso(
     report = {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "code_version": code_version(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}",
+        "machine": describe_machine(),
         "data": str(data),
         "examples_digest": examples_digest(examples),
         "examples": len(examples),
@@ -357,8 +356,8 @@ def speed(
     """
     import statistics
 
+    from common.machine import OtherLoadMonitor, machine_description
     from export.measure import time_calls
-    from loadtest.machine import OtherLoadMonitor, machine_description
 
     names = [name.strip() for name in backbones.split(",") if name.strip()]
     networks = {name: features.folded_function(features.build_extractor(name), IMAGE_SIZE) for name in names}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 import time
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from typing import Annotated, Any
 
 import typer
 
+from common.machine import describe_machine
 from common.repository import code_version
 from training.data import (
     Example,
@@ -71,7 +71,7 @@ def run_provenance(examples: Sequence[Example]) -> dict[str, Any]:
             "tensorflow": tf.__version__,
             "keras": keras.__version__,
         },
-        "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
+        "machine": describe_machine(),
     }
 
 

@@ -1,7 +1,10 @@
-"""What else the machine was doing during a measurement, and what the machine is.
+"""What else the machine was doing during a measurement, and what the machine is: the one meter.
 
 On a shared 2-core machine a latency figure means little without the CPU that other processes
-took meanwhile, so every load test and benchmark step records it next to its numbers.
+took meanwhile, so every load test, benchmark and speed measurement (loadtest, export.benchmark,
+serving.benchmark, training.loso speed) records it next to its numbers with
+:class:`OtherLoadMonitor`, and describes the machine with :func:`machine_description`.
+"Other" means every process outside this one, its descendants and the servers it started.
 """
 
 from __future__ import annotations
@@ -143,3 +146,12 @@ def machine_description() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
+
+
+def describe_machine() -> str:
+    """One line for a report: CPU model, logical CPUs, memory, Python."""
+    machine = machine_description()
+    return (
+        f"{machine['cpu']}, {machine['logical_cpus']} logical CPUs, {machine['memory_gib']} GiB, "
+        f"Python {machine['python']}"
+    )
