@@ -41,6 +41,7 @@ def benchmark_model(
     Variants are built in child processes and loaded one at a time (a ResNet50 variant holds
     1-1.5 GB), so a pass loads each variant again; timing starts after a warm-up call.
     """
+    from common import signatures
     from common.machine import OtherLoadMonitor
     from export import measure
     from export.optimize import (
@@ -71,7 +72,7 @@ def benchmark_model(
         monitor = OtherLoadMonitor().start()
         for name in timed:
             loaded, loaded_signatures = measure.load_signatures(scratch / label / name)
-            serving = loaded_signatures["serving_default"]
+            serving = loaded_signatures[signatures.SERVING_SIGNATURE]
             measured = measure.speed(serving, images, batch_sizes=BATCH_SIZES, rounds=rounds)
             described = results["variants"][name]
             described["speed_passes"].append(measured)
@@ -79,10 +80,10 @@ def benchmark_model(
             if pass_index == 0:
                 outputs = measure.run_images(serving, reference.images)
                 agreement = measure.agreement(
-                    outputs["probability"],
+                    outputs[signatures.OUTPUT_PROBABILITY],
                     reference.probabilities(reference.image_logits, temperature),
                     threshold,
-                    outputs["logit"],
+                    outputs[signatures.OUTPUT_LOGIT],
                     reference.image_logits,
                 )
                 described |= {"agreement": agreement, "within_tolerance": not tolerance.problems(agreement)}

@@ -23,7 +23,7 @@ from typing import Annotated, Any
 
 import typer
 
-from common import model_versions
+from common import model_versions, signatures
 from common.model_config import DEFAULT_MODEL_NAME
 from export.errors import ExportError, VersionExistsError
 from export.run import TrainingRun
@@ -55,14 +55,14 @@ def _measure_candidates(
     for name in names:
         write_variant_in_fresh_process(run.model_path, staging / name, name, run.temperature, run.threshold)
         loaded, loaded_signatures = measure.load_signatures(staging / name)
-        serving = loaded_signatures["serving_default"]
+        serving = loaded_signatures[signatures.SERVING_SIGNATURE]
         outputs = measure.run_images(serving, reference.images)
         results[name] = {
             "agreement": measure.agreement(
-                outputs["probability"],
+                outputs[signatures.OUTPUT_PROBABILITY],
                 reference.probabilities(reference.image_logits, run.temperature),
                 run.threshold,
-                outputs["logit"],
+                outputs[signatures.OUTPUT_LOGIT],
                 reference.image_logits,
             ),
             "speed": measure.speed(serving, reference.images[:1], batch_sizes=(1,), rounds=rounds)
@@ -241,7 +241,7 @@ def main(
         typer.echo(f"export failed: {error}", err=True)
         raise typer.Exit(code=1) from error
     validation = result.card["export"]["validation"]
-    served, from_bytes = validation["serving_default"], validation["predict_image_bytes"]
+    served, from_bytes = validation[signatures.SERVING_SIGNATURE], validation[signatures.BYTES_SIGNATURE]
     typer.echo(
         f"exported {result.path} (variant {result.variant}); max |probability - Keras| on validation images: "
         f"{served['max_abs_probability_difference']:.2g}, bytes signature "

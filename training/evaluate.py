@@ -22,6 +22,7 @@ from PIL import Image, ImageFilter
 from scipy.optimize import minimize_scalar
 from sklearn import metrics as sk_metrics
 
+from common import signatures
 from common.preprocessing import open_image, resize_to_model_input
 from training.data import LABEL_NAMES, Example, by_split, limit_per_split, load_examples, with_splits
 
@@ -82,7 +83,7 @@ def predict_logits(model: Any, images: np.ndarray, batch_size: int = 32) -> np.n
     from training.models import logit_model
 
     outputs = logit_model(model).predict(images, batch_size=batch_size, verbose=0)
-    return np.asarray(outputs["logit"], dtype=np.float64).reshape(-1)
+    return np.asarray(outputs[signatures.OUTPUT_LOGIT], dtype=np.float64).reshape(-1)
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:

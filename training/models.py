@@ -20,11 +20,12 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from common import signatures
 from common.preprocessing import IMAGE_SIZE
 
 INPUT_NAME = "image"
-LOGIT_LAYER = "logit"
-PROBABILITY_LAYER = "probability"
+LOGIT_LAYER = signatures.OUTPUT_LOGIT
+PROBABILITY_LAYER = signatures.OUTPUT_PROBABILITY
 BASE_LAYER = "backbone"
 HIDDEN_UNITS = 150
 L2_FACTOR = 0.01
@@ -306,7 +307,7 @@ def unfreeze_top_blocks(model: keras.Model, backbone: str, blocks: int) -> int:
 def logit_model(model: keras.Model) -> keras.Model:
     """The same network with the pre-sigmoid logit as a second output."""
     return keras.Model(
-        model.inputs, {"probability": model.output, "logit": model.get_layer(LOGIT_LAYER).output}
+        model.inputs, {PROBABILITY_LAYER: model.output, LOGIT_LAYER: model.get_layer(LOGIT_LAYER).output}
     )
 
 

@@ -20,6 +20,7 @@ from typing import Annotated, Any
 
 import typer
 
+from common import signatures
 from common.machine import describe_machine
 from common.repository import code_version
 from training.data import (
@@ -202,7 +203,9 @@ def train_recipe(recipe_name: str, data: Path, output: Path, cache: Path) -> dic
     # The saved model must compute what the head computed on the cached features.
     check = calibration_index[:32]
     pixels = np.stack([features.view_pixels(examples[index], recipe.view) for index in check])
-    keras_logits = np.asarray(models.logit_model(model)(tf.constant(pixels))["logit"]).reshape(-1)
+    keras_logits = np.asarray(
+        models.logit_model(model)(tf.constant(pixels))[signatures.OUTPUT_LOGIT]
+    ).reshape(-1)
     cached = store.get(recipe.backbone, recipe.view)[check]
     expected = head.logits(cached)
     if recipe.test_time_flip:
