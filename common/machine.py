@@ -1,8 +1,8 @@
 """What else the machine was doing during a measurement, and what the machine is: the one meter.
 
 On a shared 2-core machine a latency figure means little without the CPU that other processes
-took meanwhile, so every load test, benchmark and speed measurement (loadtest, export.benchmark,
-serving.benchmark, training.loso speed) records it next to its numbers with
+took meanwhile, so every load test, benchmark and speed measurement (loadtest, the export's
+variant choice, training.loso speed) records it next to its numbers with
 :class:`OtherLoadMonitor`, and describes the machine with :func:`machine_description`.
 "Other" means every process outside this one, its descendants and the servers it started.
 """

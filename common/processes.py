@@ -26,13 +26,11 @@ from pathlib import Path
 from types import FrameType
 
 from common import model_versions
-from common.repository import REPO_ROOT
+from common.repository import REPO_ROOT, SERVING_FOLDER
 
 LOOPBACK = "127.0.0.1"
 READY_TIMEOUT_SECONDS = 300.0  # TensorFlow's import and a model load on a small, shared CPU
 STOP_TIMEOUT_SECONDS = 60.0
-SERVING_FOLDER = REPO_ROOT / "serving"
-DEFAULT_BATCHING_FILE = SERVING_FOLDER / "batching.cpu.config"
 DEFAULT_MONITORING_FILE = SERVING_FOLDER / "monitoring.config"
 
 

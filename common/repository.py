@@ -6,6 +6,8 @@ import subprocess
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+SERVING_FOLDER = REPO_ROOT / "serving"  # models.config, batching and monitoring configs
+DEFAULT_BATCHING_FILE = SERVING_FOLDER / "batching.cpu.config"  # what `make run` and the CPU image use
 # ../shared beside the repository: data and reference material, never copied into the repository.
 SHARED_ROOT = REPO_ROOT.parent / "shared"
 SHARED_DATA = SHARED_ROOT / "data" / "ai-vs-real"  # labelled images, manifest, splits

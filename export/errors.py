@@ -1,18 +1,13 @@
-"""Typed export errors; the CLI maps each to a message and exit code in one place (export.export)."""
+"""Typed export errors; the CLI maps each to a message and exit code in one place (export.export).
+
+A run folder that cannot be read raises training.run_folder's RunFolderError / RunDataError
+(ValueErrors), mapped by the same handler."""
 
 from __future__ import annotations
 
 
 class ExportError(Exception):
     """Base class: the export could not produce a servable version."""
-
-
-class RunFolderError(ExportError):
-    """The training run folder lacks something the export needs (model, config, evaluation)."""
-
-
-class ReferenceDataError(ExportError):
-    """The real images needed to validate the export (the run's validation split) are missing."""
 
 
 class VersionExistsError(ExportError):

@@ -26,7 +26,7 @@ import typer
 from common import model_versions, signatures
 from common.model_config import DEFAULT_MODEL_NAME
 from export.errors import ExportError, VersionExistsError
-from export.run import TrainingRun
+from training.run_folder import TrainingRun
 
 logger = logging.getLogger("export")
 
@@ -48,10 +48,12 @@ def _measure_candidates(
 
     `names[0]` is the reference (fp32).
     """
+    from common.machine import OtherLoadMonitor
     from export import measure
     from export.optimize import write_variant_in_fresh_process
 
     results: dict[str, dict[str, Any]] = {}
+    monitor = OtherLoadMonitor().start()
     for name in names:
         write_variant_in_fresh_process(run.model_path, staging / name, name, run.temperature, run.threshold)
         loaded, loaded_signatures = measure.load_signatures(staging / name)
@@ -71,6 +73,10 @@ def _measure_candidates(
         logger.info("variant %s: %s", name, results[name])
         del loaded, loaded_signatures, serving
         gc.collect()
+    other_load = monitor.stop()
+    logger.info("while measuring the variants, %s", other_load.describe())
+    for result in results.values():
+        result["other_processes_cpu_share"] = round(other_load.share_of_machine, 3)
     return results
 
 
@@ -100,7 +106,7 @@ def export_run(
         choose_variant,
         variant,
     )
-    from export.reference import build_reference_set, validation_files, with_keras_logits
+    from export.reference import build_reference_set, with_keras_logits
     from export.validate import require_pass, run_gate
 
     tolerance = tolerance or Tolerance()
@@ -123,9 +129,7 @@ def export_run(
 
     logger.info("loading %s and the validation images of %s", run.model_path, data_path)
     classifier = run.load_classifier()
-    reference = with_keras_logits(
-        build_reference_set(validation_files(data_path, run.config.get("limit_per_split"))), classifier
-    )
+    reference = with_keras_logits(build_reference_set(run.split_files("val", data)), classifier)
     model_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=model_dir))
     try:

@@ -19,7 +19,7 @@ from typing import Any
 
 from common import signatures
 from common.preprocessing import DATASET_MAX_SIDE, DEFAULT_MAX_PIXELS, IMAGE_SIZE
-from export.run import TrainingRun
+from training.run_folder import TrainingRun
 
 MARKDOWN_FILE = "model_card.md"
 # Keys of training/evaluate.py's metrics that are too bulky for a card (kept in the run folder).

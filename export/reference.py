@@ -16,7 +16,6 @@ import numpy as np
 from PIL import Image
 
 from common.preprocessing import decode_and_resize, open_image, sniff_format
-from export.errors import ReferenceDataError
 
 REENCODED_FORMATS = ("PNG", "BMP", "GIF")
 # Re-encoded samples are shrunk to this longest side: enough to exercise the decoders, small
@@ -44,22 +43,6 @@ class ReferenceSet:
 
     def probabilities(self, logits: np.ndarray, temperature: float) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64) / temperature))
-
-
-def validation_files(data: Path, limit_per_split: int | None = None) -> list[Path]:
-    """The validation split of a data set, in the order training.data gives it."""
-    from training import data as datasets
-
-    examples = datasets.by_split(
-        datasets.limit_per_split(datasets.with_splits(datasets.load_examples(Path(data))), limit_per_split),
-        "val",
-    )
-    if not examples:
-        raise ReferenceDataError(f"{data} has no validation images to compare the export with")
-    missing = [example.path for example in examples if not example.path.is_file()]
-    if missing:
-        raise ReferenceDataError(f"{len(missing)} validation images are missing, e.g. {missing[0]}")
-    return [example.path for example in examples]
 
 
 def reencode(content: bytes, image_format: str, longest_side: int = REENCODED_LONGEST_SIDE) -> bytes:

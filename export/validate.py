@@ -24,6 +24,7 @@ import numpy as np
 import typer
 
 from common import signatures
+from common.model_card import read_model_card
 from common.repository import REPO_ROOT
 from export.errors import ValidationFailedError
 from export.reference import ReferenceSet
@@ -283,14 +284,13 @@ def check_command(
 ) -> None:
     """Re-run the validation gate on an existing export and print the report."""
     from export.optimize import Tolerance
-    from export.reference import build_reference_set, validation_files, with_keras_logits
-    from export.run import TrainingRun
+    from export.reference import build_reference_set, with_keras_logits
+    from training.run_folder import TrainingRun
 
     training_run = TrainingRun.load(run)
-    paths = validation_files(training_run.data_path(data), training_run.config.get("limit_per_split"))
+    paths = training_run.split_files("val", data)
     reference = with_keras_logits(build_reference_set(paths), training_run.load_classifier())
-    card_path = version_dir / signatures.MODEL_CARD_FILE
-    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    card = read_model_card(version_dir) or {}
     tolerance = Tolerance(**card.get("export", {}).get("tolerance", {})) if card else Tolerance()
     report = run_gate(version_dir, reference, training_run.temperature, training_run.threshold, tolerance)
     print(json.dumps({key: value for key, value in report.items() if key != "signatures"}, indent=2))

@@ -9,7 +9,6 @@ and the original JPEGs at each allowed batch size. Inputs are real images, not z
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from common import signatures
+from common.repository import DEFAULT_BATCHING_FILE, SERVING_FOLDER
 from export.reference import EncodedFile
 
 # Used when there is no batching config: batch 1 (no batching) and the sizes a typical
@@ -24,27 +24,23 @@ from export.reference import EncodedFile
 DEFAULT_BATCH_SIZES = (1, 8, 32)
 # The CPU batching config (the one `make run` and the CPU image use) comes first: the export
 # variants are CPU graphs, and the GPU config's sizes (up to 64) would triple the warmup file.
-SERVING_FOLDER = Path(__file__).resolve().parents[1] / "serving"
-DEFAULT_BATCHING_CONFIGS = (SERVING_FOLDER / "batching.cpu.config", SERVING_FOLDER / "batching.config")
+DEFAULT_BATCHING_CONFIGS = (DEFAULT_BATCHING_FILE, SERVING_FOLDER / "batching.config")
 
 
 def batch_sizes_from_batching_config(path: Path) -> list[int] | None:
-    """`allowed_batch_sizes` of a TF Serving batching config (text BatchingParameters), else
-    1..max_batch_size's power-of-two sizes, else None if the file does not exist.
+    """`allowed_batch_sizes` of a TF Serving batching config (and 1), else 1..max_batch_size's
+    power-of-two sizes, else None (no such file, or neither field set). Parsed as the server parses
+    it (serving.batching.parse_batching_parameters)."""
+    from serving.batching import parse_batching_parameters
 
-    Parsed with a regular expression because the BatchingParameters proto is not part of
-    tensorflow-serving-api.
-    """
     path = Path(path)
     if not path.is_file():
         return None
-    text = re.sub(r"#.*", "", path.read_text())
-    allowed = sorted({int(value) for value in re.findall(r"allowed_batch_sizes\s*:\s*(\d+)", text)})
-    if allowed:
-        return sorted({1, *allowed})
-    maximum = re.search(r"max_batch_size\s*\{\s*value\s*:\s*(\d+)\s*\}", text)
-    if maximum:
-        largest = int(maximum.group(1))
+    parameters = parse_batching_parameters(path.read_text())
+    if parameters.allowed_batch_sizes:
+        return sorted({1, *(int(size) for size in parameters.allowed_batch_sizes)})
+    if parameters.HasField("max_batch_size"):
+        largest = int(parameters.max_batch_size.value)
         return sorted(
             {1, largest, *(2**power for power in range(largest.bit_length()) if 2**power <= largest)}
         )

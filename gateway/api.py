@@ -5,7 +5,6 @@ raised as typed exceptions and mapped to statuses in gateway/errors.py.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from pathlib import Path, PureWindowsPath
 from typing import Any
@@ -14,8 +13,8 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, Response
 
+from common import model_card
 from common.preprocessing import ImageInputError
-from common.signatures import MODEL_CARD_FILE
 from gateway.dependencies import (
     CanarySplitDep,
     DecoderDep,
@@ -353,13 +352,7 @@ def read_model_card(settings: Settings, version: int) -> dict[str, Any] | None:
     """model_card.json of `version`, when the gateway can see the model folder (local runs); else None."""
     if settings.model_card_directory is None:
         return None
-    path = settings.model_card_directory / str(version) / MODEL_CARD_FILE
-    try:
-        card = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        logger.warning("no readable model card at %s: %s", path, error)
-        return None
-    return card if isinstance(card, dict) else None
+    return model_card.read_model_card(settings.model_card_directory / str(version))
 
 
 @router.get("/", include_in_schema=False)

@@ -23,7 +23,6 @@ from pathlib import Path
 
 from common.model_config import DEFAULT_MODEL_NAME
 from common.processes import (
-    DEFAULT_BATCHING_FILE,
     DEFAULT_MONITORING_FILE,
     LOOPBACK,
     READY_TIMEOUT_SECONDS,
@@ -39,7 +38,7 @@ from common.processes import (
     service_environment,
     stop_process,
 )
-from common.repository import REPO_ROOT
+from common.repository import DEFAULT_BATCHING_FILE, REPO_ROOT, SERVING_FOLDER
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -50,7 +49,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--grpc-port", type=int, default=8500, help="model server gRPC port")
     parser.add_argument("--rest-port", type=int, default=8501, help="model server REST port")
     parser.add_argument("--models", type=Path, default=REPO_ROOT / "models", help="folder mapped to /models")
-    parser.add_argument("--model-config", type=Path, default=REPO_ROOT / "serving" / "models.config")
+    parser.add_argument("--model-config", type=Path, default=SERVING_FOLDER / "models.config")
     parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME)
     parser.add_argument("--ready-timeout", type=float, default=READY_TIMEOUT_SECONDS)
     return parser.parse_args(argv)

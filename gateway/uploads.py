@@ -231,13 +231,9 @@ class DecodedImage:
     resize_seconds: float
 
 
-def decode_for_model(image_bytes: bytes, max_pixels: int) -> DecodedImage:
-    """common.preprocessing.decode_and_resize, in its two timed halves (same function, same result)."""
-    started = time.perf_counter()
-    return finish_decode(open_header(image_bytes, max_pixels=max_pixels), started)
-
-
 def finish_decode(header: Image.Image, started: float) -> DecodedImage:
+    """The rest of common.preprocessing.decode_and_resize after `open_header`, in two timed halves
+    (same functions, same result: tests/gateway/test_uploads.py)."""
     image = load_rgb(header)
     decoded = time.perf_counter()
     pixels = resize_to_model_input(image)

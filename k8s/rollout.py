@@ -43,7 +43,7 @@ import typer
 from common import model_config, model_versions
 from common.files import write_text_atomically
 from common.model_config import CANARY_LABEL, DEFAULT_MODEL_NAME, STABLE_LABEL, ModelConfigError
-from common.repository import REPO_ROOT
+from common.repository import SERVING_FOLDER
 from k8s import canary_watch
 from k8s.errors import (
     MetricsError,
@@ -62,7 +62,7 @@ from k8s.model_servers import (
     wait_for,
 )
 
-DEFAULT_CONFIG = REPO_ROOT / "serving" / "models.config"
+DEFAULT_CONFIG = SERVING_FOLDER / "models.config"
 ENV_PREFIX = "AIDETECT_ROLLOUT_"
 TRAFFIC_FILE_KEY = "traffic.json"
 MODELS_CONFIG_KEY = "models.config"

@@ -44,7 +44,6 @@ from common import model_config
 from common.machine import machine_description
 from common.model_config import DEFAULT_MODEL_NAME, STABLE_LABEL
 from common.processes import (
-    DEFAULT_BATCHING_FILE,
     LOOPBACK,
     ManagedProcess,
     ProcessExitedError,
@@ -54,7 +53,7 @@ from common.processes import (
     raise_stop,
     wait_until,
 )
-from common.repository import REPO_ROOT, code_version
+from common.repository import DEFAULT_BATCHING_FILE, REPO_ROOT, code_version
 from loadtest import generator, stages
 from loadtest.benchmark_models import (
     BenchmarkModel,

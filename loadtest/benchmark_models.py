@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import model_versions, signatures
+from common import model_versions
+from common.model_card import read_model_card
 from common.model_config import DEFAULT_MODEL_NAME
 from common.repository import REPO_ROOT, SHARED_DATA
 
@@ -45,11 +46,6 @@ class BenchmarkModel:
     @property
     def variant(self) -> str:
         return str(self.card.get("export", {}).get("variant", "unknown"))
-
-
-def read_card(version_dir: Path) -> dict[str, Any]:
-    card_file = version_dir / signatures.MODEL_CARD_FILE
-    return json.loads(card_file.read_text()) if card_file.is_file() else {}
 
 
 def write_random_resnet50_run(run_dir: Path, data: Path = DATA_DIRECTORY, seed: int = 42) -> None:
@@ -82,7 +78,7 @@ def prepare_resnet50(work_dir: Path, variant: str, log_path: Path) -> BenchmarkM
     run_dir = work_dir / "resnet50" / "run"
     model_dir = work_dir / "resnet50" / "models" / DEFAULT_MODEL_NAME
     for version in reversed(model_versions.versions(model_dir)):
-        card = read_card(model_dir / str(version))
+        card = read_model_card(model_dir / str(version)) or {}
         export = card.get("export", {})
         # "auto" reuses an export that chose its variant itself (it measured candidates).
         if (variant == "auto" and "candidates" in export) or variant == export.get("variant"):
@@ -111,7 +107,7 @@ def prepare_resnet50(work_dir: Path, variant: str, log_path: Path) -> BenchmarkM
     if not versions:
         raise BenchmarkModelError(f"the export wrote no version into {model_dir}; see {log_path}")
     version_dir = model_dir / str(versions[-1])
-    return resnet50_model(version_dir, run_dir, read_card(version_dir))
+    return resnet50_model(version_dir, run_dir, read_model_card(version_dir) or {})
 
 
 def resnet50_model(version_dir: Path, run_dir: Path, card: dict[str, Any]) -> BenchmarkModel:
@@ -138,7 +134,7 @@ def find_starter(
     if not versions:
         raise BenchmarkModelError(f"no version in {models_dir / model_name}: export the starter model first")
     version_dir = models_dir / model_name / str(versions[-1])
-    card = read_card(version_dir)
+    card = read_model_card(version_dir) or {}
     if keras_model is None:
         run = card.get("training", {}).get("run")
         if run:

@@ -53,8 +53,8 @@ from PIL import Image, ImageOps
 
 from common.machine import machine_description
 from common.preprocessing import IMAGE_SIZE, decode_and_resize, resize_to_model_input, to_rgb
-from common.processes import DEFAULT_BATCHING_FILE, StopRequestedError, raise_stop
-from common.repository import code_version
+from common.processes import StopRequestedError, raise_stop
+from common.repository import DEFAULT_BATCHING_FILE, code_version
 from loadtest import generator, stages
 from loadtest.benchmark import (
     DEFAULT_OUTPUT,

@@ -14,7 +14,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from common.model_config import DEFAULT_MODEL_NAME
-from common.repository import REPO_ROOT, SHARED_UPLOADS
+from common.repository import REPO_ROOT, SERVING_FOLDER, SHARED_UPLOADS
 
 ENV_PREFIX = "AIDETECT_LOADTEST_"
 UPLOADS_DIRECTORY = SHARED_UPLOADS
@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     # Version label the gRPC user asks for ("" = the latest version), as the gateway does by default.
     version_label: str = "stable"
     models_directory: Path = REPO_ROOT / "models"
-    model_config_file: Path = REPO_ROOT / "serving" / "models.config"
+    model_config_file: Path = SERVING_FOLDER / "models.config"
     uploads_directory: Path = UPLOADS_DIRECTORY
 
     # Verdict: the run fails when any request fails or a p95 exceeds this (0 = no latency check).

@@ -14,7 +14,6 @@ from types import TracebackType
 
 from common.model_config import DEFAULT_MODEL_NAME
 from common.processes import (
-    DEFAULT_BATCHING_FILE,
     DEFAULT_MONITORING_FILE,
     LOOPBACK,
     READY_TIMEOUT_SECONDS,
@@ -30,6 +29,7 @@ from common.processes import (
     service_environment,
     wait_until,
 )
+from common.repository import DEFAULT_BATCHING_FILE
 
 # serving/monitoring.config's path, where the model server's Prometheus text is served on the REST port.
 MODEL_SERVER_METRICS_PATH = "/monitoring/prometheus/metrics"

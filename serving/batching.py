@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
@@ -84,6 +85,20 @@ def _batching_parameters_class() -> type:
 BatchingParameters = _batching_parameters_class()
 
 
+def parse_batching_parameters(text: str) -> Any:
+    """A batching.config's text as the BatchingParameters proto: the one parser of that file (the
+    server's batching and the export's warmup batch sizes). Newer TF Serving fields (large-batch
+    splitting, priorities) are not implemented here: a warning, then they are ignored."""
+    parameters = BatchingParameters()
+    try:
+        text_format.Parse(text, parameters)
+    except text_format.ParseError as error:
+        logger.warning("batching parameters: %s; parsing again ignoring fields this server lacks", error)
+        parameters = BatchingParameters()
+        text_format.Parse(text, parameters, allow_unknown_field=True)
+    return parameters
+
+
 @dataclass(frozen=True)
 class BatchingOptions:
     """BatchingParameters with TF Serving's defaults (BasicBatchScheduler::Options) for unset fields."""
@@ -113,14 +128,7 @@ class BatchingOptions:
 
     @classmethod
     def from_text(cls, text: str) -> BatchingOptions:
-        parameters = BatchingParameters()
-        try:
-            text_format.Parse(text, parameters)
-        except text_format.ParseError as error:
-            # Newer TF Serving fields (large-batch splitting, priorities) are not implemented: say so, go on.
-            logger.warning("batching parameters: %s; parsing again ignoring fields this server lacks", error)
-            parameters = BatchingParameters()
-            text_format.Parse(text, parameters, allow_unknown_field=True)
+        parameters = parse_batching_parameters(text)
         values: dict[str, object] = {}
         for name in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads"):
             if parameters.HasField(name):

@@ -208,6 +208,19 @@ def by_split(examples: Iterable[Example], split: str) -> list[Example]:
     return [example for example in examples if example.split == split]
 
 
+def calibration_indices(examples: Sequence[Example], exclude_source: str | None = None) -> list[int]:
+    """Where temperature and threshold are fitted, the one rule: the photo-like validation images
+    (of every source but `exclude_source`) when they hold both labels, else all of them. Art and
+    ImageNet-only photos would set the threshold for the easy painting-vs-photo case."""
+    validation = [
+        index
+        for index, example in enumerate(examples)
+        if example.split == "val" and example.source != exclude_source
+    ]
+    photo = [index for index in validation if examples[index].style == "photo"]
+    return photo if len({examples[index].label for index in photo}) == 2 else validation
+
+
 def limit_per_split(examples: Sequence[Example], limit: int | None) -> list[Example]:
     """At most `limit` examples per split, half of each label (deterministic): for smoke runs."""
     if not limit:

@@ -24,7 +24,15 @@ from sklearn import metrics as sk_metrics
 
 from common import signatures
 from common.preprocessing import open_image, resize_to_model_input
-from training.data import LABEL_NAMES, Example, by_split, limit_per_split, load_examples, with_splits
+from training.data import (
+    LABEL_NAMES,
+    Example,
+    by_split,
+    calibration_indices,
+    limit_per_split,
+    load_examples,
+    with_splits,
+)
 
 ECE_BINS = 15
 Perturbation = Callable[[Image.Image], Image.Image]
@@ -174,11 +182,8 @@ def evaluate_model(model: Any, examples: Sequence[Example], robustness: bool = T
     validation_logits = predict_logits(model, load_images(validation))
     test_logits = predict_logits(model, load_images(test))
 
-    # Calibrate where the model is used: on the photo-like validation images when the data says
-    # which those are and they hold both labels (art and ImageNet-only photos would set the
-    # threshold for the easy painting-vs-photo case).
-    photo = np.asarray([example.style == "photo" for example in validation])
-    calibration = photo if len(np.unique(validation_labels[photo])) == 2 else np.ones(len(validation), bool)
+    # Calibrate where the model is used (training.data.calibration_indices).
+    calibration = np.asarray(calibration_indices(validation), dtype=np.int64)
     temperature = fit_temperature(validation_logits[calibration], validation_labels[calibration])
     validation_probabilities = sigmoid(validation_logits / temperature)
     threshold = choose_threshold(validation_probabilities[calibration], validation_labels[calibration])
@@ -198,8 +203,8 @@ def evaluate_model(model: Any, examples: Sequence[Example], robustness: bool = T
         "temperature": temperature,
         "threshold": threshold,
         "threshold_rule": "maximum balanced accuracy (Youden's J) on calibrated validation scores"
-        + (" of the photo-like images" if not calibration.all() else ""),
-        "calibration_images": int(calibration.sum()),
+        + (" of the photo-like images" if len(calibration) < len(validation) else ""),
+        "calibration_images": len(calibration),
         "validation": classification_metrics(validation_probabilities, validation_labels, threshold)
         | {"ece_calibrated": expected_calibration_error(validation_probabilities, validation_labels)},
         "test": test_metrics,
@@ -307,19 +312,20 @@ def _save(figure: Any, path: Path) -> Path:
 
 def evaluate_run(run_dir: Path, data: Path | None = None, robustness: bool = True) -> dict[str, Any]:
     """Evaluate the model of a training run and write `evaluation.json` and plots beside it."""
+    from training import run_folder
     from training.models import load_classifier
 
-    config = json.loads((run_dir / "config.json").read_text())
+    config = run_folder.read_config(run_dir)
     examples = with_splits(load_examples(data or Path(config["data"])))
     examples = limit_per_split(examples, config.get("limit_per_split"))
-    model = load_classifier(run_dir / "model.keras")
+    model = load_classifier(run_dir / run_folder.MODEL_FILE)
     report = evaluate_model(model, examples, robustness=robustness)
-    history_path = run_dir / "history.json"
+    history_path = run_dir / run_folder.HISTORY_FILE
     history = json.loads(history_path.read_text()) if history_path.is_file() else None
     report["plots"] = [
         str(path.relative_to(run_dir)) for path in write_plots(report, history, run_dir / "plots")
     ]
-    (run_dir / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
+    run_folder.write_json(run_dir, run_folder.EVALUATION_FILE, report)
     return report
 
 

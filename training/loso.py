@@ -35,7 +35,7 @@ import typer
 
 from common.preprocessing import IMAGE_SIZE
 from training import features, recipes
-from training.data import Example, load_examples
+from training.data import Example, calibration_indices, load_examples
 from training.evaluate import sigmoid
 
 logger = logging.getLogger("training.loso")
@@ -93,12 +93,11 @@ def evaluate_recipe(
     flipped = store.get(recipe.backbone, "flip") if recipe.test_time_flip else None
     splits = np.asarray([example.split for example in examples])
     source_names = np.asarray([example.source for example in examples])
-    photo = np.asarray([example.style == "photo" for example in examples])
     labels = np.asarray([example.label for example in examples], dtype=np.float64)
     folds, images = {}, {}
     for source in sources:
         train = np.flatnonzero((splits == "train") & (source_names != source))
-        calibration = np.flatnonzero((splits == "val") & (source_names != source) & photo)
+        calibration = np.asarray(calibration_indices(examples, exclude_source=source))
         held_out = np.flatnonzero((source_names == source) & np.isin(splits, ["train", "val"]))
         head = recipes.fit_head(
             recipe,

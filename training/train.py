@@ -8,7 +8,6 @@ evaluation `evaluation.json` + `plots/`.
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import time
@@ -23,9 +22,11 @@ import typer
 from common import signatures
 from common.machine import describe_machine
 from common.repository import code_version
+from training import run_folder
 from training.data import (
     Example,
     by_split,
+    calibration_indices,
     data_report,
     dataset_fingerprint,
     limit_per_split,
@@ -91,8 +92,8 @@ def train(config: TrainingConfig, output: Path) -> dict[str, Any]:
     if not train_examples or not validation_examples:
         raise ValueError("training needs a train and a val split (fit() always gets validation data)")
 
-    report = data_report(examples)
-    (output / "data_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    run_folder.write_json(output, run_folder.DATA_REPORT_FILE, data_report(examples))
+    run_folder.write_splits(output, Path(config.data), examples)
     augmentation = AugmentationConfig(**config.augmentation) if config.augment else NO_AUGMENTATION
     train_data = make_dataset(
         train_examples,
@@ -104,11 +105,11 @@ def train(config: TrainingConfig, output: Path) -> dict[str, Any]:
     validation_data = make_dataset(validation_examples, training=False, batch_size=config.batch_size)
 
     run_info = {**asdict(config), **run_provenance(examples)}
-    (output / "config.json").write_text(json.dumps(run_info, indent=2) + "\n")
+    run_folder.write_json(output, run_folder.CONFIG_FILE, run_info)
 
     model = models.build_classifier(config.backbone, config.weights, train_base=config.train_base)
     models.compile_classifier(model, config.learning_rate)
-    checkpoint_path = output / "model.keras"
+    checkpoint_path = output / run_folder.MODEL_FILE
     callbacks = [
         keras.callbacks.EarlyStopping(
             monitor="val_accuracy",
@@ -153,10 +154,10 @@ def train(config: TrainingConfig, output: Path) -> dict[str, Any]:
         for key, values in fine_history.history.items():
             combined_history.setdefault(key, []).extend(float(value) for value in values)
 
-    (output / "history.json").write_text(json.dumps(combined_history, indent=2) + "\n")
+    run_folder.write_json(output, run_folder.HISTORY_FILE, combined_history)
     run_info["training_seconds"] = round(time.monotonic() - started, 1)
     run_info["epochs_run"] = len(combined_history["loss"])
-    (output / "config.json").write_text(json.dumps(run_info, indent=2) + "\n")
+    run_folder.write_json(output, run_folder.CONFIG_FILE, run_info)
     return evaluate.evaluate_run(output)
 
 
@@ -177,13 +178,12 @@ def train_recipe(recipe_name: str, data: Path, output: Path, cache: Path) -> dic
     keras.utils.set_random_seed(recipe.seed)
     output.mkdir(parents=True, exist_ok=True)
     examples = with_splits(load_examples(data))
-    (output / "data_report.json").write_text(json.dumps(data_report(examples), indent=2) + "\n")
+    run_folder.write_json(output, run_folder.DATA_REPORT_FILE, data_report(examples))
+    run_folder.write_splits(output, data, examples)
     store = features.FeatureStore(examples, cache)
     columns = features.groups_for(recipe.backbone).columns(recipe.groups)
     train_index = [index for index, example in enumerate(examples) if example.split == "train"]
-    calibration_index = [
-        index for index, example in enumerate(examples) if example.split == "val" and example.style == "photo"
-    ] or [index for index, example in enumerate(examples) if example.split == "val"]
+    calibration_index = calibration_indices(examples)
     views = [recipe.view, *recipe.augmentation_views]
     started = time.monotonic()
     head = recipes.fit_head(
@@ -198,7 +198,7 @@ def train_recipe(recipe_name: str, data: Path, output: Path, cache: Path) -> dic
         recipe.backbone, columns.tolist(), head.feature_mean, head.feature_scale, head.layers,
         test_time_flip=recipe.test_time_flip,
     )  # fmt: skip
-    model.save(output / "model.keras")
+    model.save(output / run_folder.MODEL_FILE)
 
     # The saved model must compute what the head computed on the cached features.
     check = calibration_index[:32]
@@ -224,7 +224,7 @@ def train_recipe(recipe_name: str, data: Path, output: Path, cache: Path) -> dic
         **run_provenance(examples),
         "epochs_run": 0,
     }
-    (output / "config.json").write_text(json.dumps(run_info, indent=2) + "\n")
+    run_folder.write_json(output, run_folder.CONFIG_FILE, run_info)
     return evaluate.evaluate_run(output)
 
 

@@ -41,14 +41,18 @@ def run_python(arguments: list[str], timeout: float = 900) -> subprocess.Complet
 def tiny_run(tmp_path_factory: pytest.TempPathFactory, ai_vs_real_dir: Path) -> Path:
     import keras
 
-    from export.reference import build_reference_set, keras_logits, validation_files
+    from export.reference import build_reference_set, keras_logits
+    from training import run_folder
+    from training.data import by_split, limit_per_split, load_examples, with_splits
     from training.models import build_classifier
 
     run_dir = tmp_path_factory.mktemp("run")
     keras.utils.set_random_seed(7)
     classifier = build_classifier("efficientnet_lite0", "imagenet")
     classifier.save(run_dir / "model.keras")
-    validation = validation_files(ai_vs_real_dir, IMAGES_PER_SPLIT)
+    examples = limit_per_split(with_splits(load_examples(ai_vs_real_dir)), IMAGES_PER_SPLIT)
+    run_folder.write_splits(run_dir, ai_vs_real_dir, examples)  # as training.train writes it
+    validation = [example.path for example in by_split(examples, "val")]
     logits = keras_logits(classifier, build_reference_set(validation).images)
     threshold = float(np.median(1.0 / (1.0 + np.exp(-logits / TEMPERATURE))))
     config = {

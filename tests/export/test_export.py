@@ -62,11 +62,12 @@ def listing(folder: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def run_reference(tiny_run: Path, ai_vs_real_dir: Path) -> dict[str, object]:
-    from export.reference import build_reference_set, keras_logits, validation_files
+    from export.reference import build_reference_set, keras_logits
     from training.models import load_classifier
+    from training.run_folder import derive_split_files
 
     classifier = load_classifier(tiny_run / "model.keras")
-    images = build_reference_set(validation_files(ai_vs_real_dir, 16)).images
+    images = build_reference_set(derive_split_files(ai_vs_real_dir, "val", 16)).images
     evaluation = json.loads((tiny_run / "evaluation.json").read_text())
     return {
         "classifier": classifier,

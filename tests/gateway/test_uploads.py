@@ -18,7 +18,7 @@ from gateway.errors import (
     TooManyFilesError,
     UploadTooLargeError,
 )
-from gateway.uploads import ImageDecoder, decode_for_model, max_body_bytes, read_multipart_files
+from gateway.uploads import ImageDecoder, max_body_bytes, read_multipart_files
 from tests.gateway import images
 from tests.gateway.conftest import MakeClient
 
@@ -93,11 +93,12 @@ def test_body_limit_leaves_room_for_part_headers() -> None:
 
 
 def test_gateway_decoding_is_the_shared_decode_and_resize(uploads_dir: Path) -> None:
+    decoder = ImageDecoder(threads=2, max_pixels=50_000_000, memory_budget_bytes=768 << 20)
     for path in sorted(uploads_dir.iterdir()):
         if path.suffix == ".csv":
             continue
         data = path.read_bytes()
-        decoded = decode_for_model(data, max_pixels=50_000_000)
+        decoded = asyncio.run(decoder.decode(data))
         assert np.array_equal(decoded.pixels, decode_and_resize(data)), path.name
         assert decoded.decode_seconds > 0 and decoded.resize_seconds > 0
 

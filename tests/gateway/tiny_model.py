@@ -1,13 +1,17 @@
-"""A tiny SavedModel that follows the model-directory contract, for integration tests.
+"""The one tiny contract SavedModel of the tests, written through the export's own graph.
 
-Its "network" is the mean brightness of the image: logit = (brightness - 0.5) * 10, so bright
-images are "AI" and dark ones "real". Everything around it is as the contract says: both
-signatures with the contract's tensor names and dtypes, the warmup records, a model card.
+Its "network" is a brightness rule: logit = slope * (mean pixel / 255 - 0.5) + bias (by default
+slope 10, bias 0: bright images are "AI", dark ones "real"), optionally slowed down by a fixed
+delay per call. Everything around it is what `python -m export.export` writes, because it *is*
+export.graph.ServingModule: both signatures with the contract's names and dtypes, the bytes
+signature's in-graph canonical decoder and pixel limit, warmup records, a model card. The
+gateway's tests compute its answers without TensorFlow (tiny_model_score.py).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,42 +20,29 @@ from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
 from common import signatures
 from common.preprocessing import IMAGE_SIZE
+from export.graph import ServingModule, save_serving_module
 from tests.gateway.tiny_model_score import TEMPERATURE, THRESHOLD  # the formula, without TensorFlow
 
 
-class TinyDetector(tf.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.temperature = tf.Variable(TEMPERATURE, trainable=False)
-        self.threshold = tf.Variable(THRESHOLD, trainable=False)
+def brightness_network(
+    slope: float = 10.0, bias: float = 0.0, delay_milliseconds: int = 0
+) -> Callable[[tf.Tensor], tf.Tensor]:
+    """uint8 [N, 256, 256, 3] -> logit [N, 1]; with a delay, every call takes at least that long."""
 
-    def outputs(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+    def network(images: tf.Tensor) -> tf.Tensor:
         brightness = tf.reduce_mean(tf.cast(images, tf.float32), axis=[1, 2, 3]) / 255.0
-        logit = (brightness - 0.5) * 10.0
-        probability = tf.sigmoid(logit / self.temperature)
-        threshold = tf.fill(tf.shape(probability), self.threshold)
-        return {
-            signatures.OUTPUT_PROBABILITY: probability,
-            signatures.OUTPUT_LOGIT: logit,
-            signatures.OUTPUT_THRESHOLD: threshold,
-            signatures.OUTPUT_LABEL: tf.cast(probability >= threshold, tf.int32),
-        }
+        if delay_milliseconds > 0:
+            dataset = tf.data.Dataset.from_tensors(brightness)
+            delayed = tf.raw_ops.SleepDataset(
+                input_dataset=dataset._variant_tensor,
+                sleep_microseconds=tf.constant(delay_milliseconds * 1000, tf.int64),
+                output_types=[tf.float32],
+                output_shapes=[tf.TensorShape([None])],
+            )
+            brightness = tf.data.experimental.from_variant(delayed, dataset.element_spec).get_single_element()
+        return tf.reshape(slope * (brightness - 0.5) + bias, [-1, 1])
 
-    @tf.function(input_signature=[tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.uint8)])
-    def serve(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
-        return self.outputs(image)
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-    def serve_bytes(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
-        def decode(data: tf.Tensor) -> tf.Tensor:
-            image = tf.io.decode_image(data, channels=3, expand_animations=False)
-            resized = tf.image.resize(image, [IMAGE_SIZE, IMAGE_SIZE], antialias=True)
-            return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
-
-        images = tf.map_fn(
-            decode, image_bytes, fn_output_signature=tf.TensorSpec([IMAGE_SIZE, IMAGE_SIZE, 3], tf.uint8)
-        )
-        return self.outputs(images)
+    return network
 
 
 def write_warmup(version_path: Path, model_name: str) -> None:
@@ -68,26 +59,37 @@ def write_warmup(version_path: Path, model_name: str) -> None:
         writer.write(log.SerializeToString())
 
 
-def write_tiny_model(model_base_path: Path, version: int = 1, model_name: str = "ai_detector") -> Path:
-    """models/<name>/<version>/ with the tiny SavedModel, its warmup records and model card."""
-    version_path = model_base_path / str(version)
-    module = TinyDetector()
-    tf.saved_model.save(
-        module,
-        str(version_path),
-        signatures={
-            signatures.SERVING_SIGNATURE: module.serve.get_concrete_function(),
-            signatures.BYTES_SIGNATURE: module.serve_bytes.get_concrete_function(),
-        },
-    )
-    write_warmup(version_path, model_name)
+def write_contract_model(
+    version_path: Path,
+    *,
+    model_name: str = "ai_detector",
+    slope: float = 10.0,
+    bias: float = 0.0,
+    temperature: float = TEMPERATURE,
+    threshold: float = THRESHOLD,
+    delay_milliseconds: int = 0,
+    warmup: bool = True,
+) -> Path:
+    """A version folder: the SavedModel (export.graph), warmup records unless told not to, model card."""
+    network = brightness_network(slope, bias, delay_milliseconds)
+    save_serving_module(ServingModule(network, temperature, threshold), version_path)
+    if warmup:
+        write_warmup(version_path, model_name)
     card = {
         "model_name": model_name,
-        "version": version,
         "backbone": "tiny-brightness (test fixture)",
-        "temperature": TEMPERATURE,
-        "threshold": THRESHOLD,
+        "temperature": temperature,
+        "threshold": threshold,
+        "rule": {"slope": slope, "bias": bias, "delay_milliseconds": delay_milliseconds},
     }
     (version_path / signatures.MODEL_CARD_FILE).write_text(json.dumps(card, indent=2))
     (version_path / "model_card.md").write_text("# tiny test model\n\nBrightness decides. For tests only.\n")
     return version_path
+
+
+def write_tiny_model(model_base_path: Path, version: int = 1, model_name: str = "ai_detector") -> Path:
+    """models/<name>/<version>/ with the tiny model (slope 10, bias 0), its warmup records and card."""
+    path = write_contract_model(model_base_path / str(version), model_name=model_name)
+    card = json.loads((path / signatures.MODEL_CARD_FILE).read_text())
+    (path / signatures.MODEL_CARD_FILE).write_text(json.dumps(card | {"version": version}, indent=2))
+    return path

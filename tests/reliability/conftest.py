@@ -57,9 +57,9 @@ def fuzz() -> FuzzSettings:
 @pytest.fixture(scope="session")
 def contract_model_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One version of the contract model (export graph, brightness network), copied by each stack."""
-    from tests.reliability.contract_model import write_contract_model  # TensorFlow: only when needed
+    from tests.gateway.tiny_model import write_tiny_model  # TensorFlow: only when needed
 
-    return write_contract_model(tmp_path_factory.mktemp("contract-model") / "ai_detector", version=1)
+    return write_tiny_model(tmp_path_factory.mktemp("contract-model") / "ai_detector", version=1)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ exactly predictable answer, and it loads in about a second.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import subprocess
@@ -54,51 +53,12 @@ def build_tiny_saved_model(
     """Write a SavedModel following the model-directory contract (signatures, warmup, model card)."""
     import tensorflow as tf
 
-    class TinyDetector(tf.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.bias = tf.Variable(bias, dtype=tf.float32)
+    from tests.gateway.tiny_model import write_contract_model
 
-        @tf.function(
-            input_signature=[
-                tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.uint8, name=signatures.IMAGE_INPUT)
-            ]
-        )
-        def serve_image(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
-            mean = tf.reduce_mean(tf.cast(image, tf.float32), axis=[1, 2, 3]) / 255.0
-            logit = 4.0 * (mean - 0.5) + self.bias
-            probability = tf.sigmoid(logit / temperature)
-            threshold_per_row = tf.fill(tf.shape(logit), tf.constant(threshold, tf.float32))
-            return {
-                signatures.OUTPUT_PROBABILITY: probability,
-                signatures.OUTPUT_LOGIT: logit,
-                signatures.OUTPUT_THRESHOLD: threshold_per_row,
-                signatures.OUTPUT_LABEL: tf.cast(probability >= threshold_per_row, tf.int32),
-            }
-
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=signatures.BYTES_INPUT)])
-        def serve_image_bytes(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
-            def decode(one: tf.Tensor) -> tf.Tensor:
-                # The project's canonical normalization in the graph (alpha is dropped, not composited).
-                from export.graph import canonical_window
-
-                image = tf.io.decode_image(one, channels=3, expand_animations=False)
-                return canonical_window(tf.cast(image, tf.float32))
-
-            images = tf.map_fn(
-                decode, image_bytes, fn_output_signature=tf.TensorSpec([IMAGE_SIZE, IMAGE_SIZE, 3], tf.uint8)
-            )
-            return self.serve_image(images)
-
-    module = TinyDetector()
-    tf.saved_model.save(
-        module,
-        str(directory),
-        signatures={
-            signatures.SERVING_SIGNATURE: module.serve_image.get_concrete_function(),
-            signatures.BYTES_SIGNATURE: module.serve_image_bytes.get_concrete_function(),
-        },
-    )
+    write_contract_model(
+        directory, model_name=MODEL_NAME, slope=4.0, bias=bias, temperature=temperature, threshold=threshold,
+        warmup=False,
+    )  # fmt: skip
     warmup = directory / signatures.WARMUP_FILE
     warmup.parent.mkdir(parents=True, exist_ok=True)
     with tf.io.TFRecordWriter(str(warmup)) as writer:
@@ -109,9 +69,6 @@ def build_tiny_saved_model(
             request = predict_request({alias: to_tensor_proto(value, as_tensor_content=True)}, signature_name)
             log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
             writer.write(log.SerializeToString())
-    card = {"name": MODEL_NAME, "backbone": "tiny-test", "threshold": threshold, "temperature": temperature}
-    (directory / signatures.MODEL_CARD_FILE).write_text(json.dumps(card))
-    (directory / "model_card.md").write_text("# tiny test model\n")
 
 
 def random_images(count: int, seed: int = 0) -> np.ndarray:
