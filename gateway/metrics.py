@@ -14,7 +14,9 @@ from contextlib import contextmanager
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-NAMESPACE = "aidetect_gateway"
+from common import metric_names
+
+NAMESPACE = metric_names.GATEWAY_NAMESPACE
 STAGES = ("read", "decode", "resize", "model_call", "total")
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -47,7 +49,7 @@ class GatewayMetrics:
             registry=self.registry,
         )
         self.stage_seconds = Histogram(
-            "stage_seconds",
+            metric_names.STAGE_SECONDS,
             "Latency of each stage of a prediction: read (upload), decode, resize, model_call, total.",
             ["stage"],
             namespace=NAMESPACE,
@@ -97,14 +99,14 @@ class GatewayMetrics:
             registry=self.registry,
         )
         self.model_requests = Counter(
-            "model_requests",
+            metric_names.MODEL_REQUESTS,
             "Model calls by version label and outcome (ok / error), once per request after retries.",
             ["model_name", "version_label", "outcome"],
             namespace=NAMESPACE,
             registry=self.registry,
         )
         self.model_request_seconds = Histogram(
-            "model_request_seconds",
+            metric_names.MODEL_REQUEST_SECONDS,
             "Duration of each model call (retries included) by version label.",
             ["model_name", "version_label"],
             namespace=NAMESPACE,
@@ -120,7 +122,7 @@ class GatewayMetrics:
         # The canary share in force (read at scrape time): the rollout waits until every gateway
         # reports the new share before it judges the canary (k8s/rollout.py TrafficSwitch.settle).
         self.canary_percent = Gauge(
-            "canary_percent",
+            metric_names.CANARY_PERCENT,
             "Share (0-100) of unpinned requests this gateway sends to the canary label now.",
             namespace=NAMESPACE,
             registry=self.registry,

@@ -24,12 +24,12 @@ from typing import Protocol
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from common import metric_names
 from k8s.errors import MetricsError
 
-GATEWAY_NAMESPACE = "aidetect_gateway"
-REQUESTS_METRIC = f"{GATEWAY_NAMESPACE}_model_requests"  # counter; exposed as ..._total
-LATENCY_METRIC = f"{GATEWAY_NAMESPACE}_model_request_seconds"  # histogram
-CANARY_SHARE_METRIC = f"{GATEWAY_NAMESPACE}_canary_percent"  # gauge: the share in force
+REQUESTS_METRIC = metric_names.GATEWAY_MODEL_REQUESTS  # counter; exposed as ..._total
+LATENCY_METRIC = metric_names.GATEWAY_MODEL_REQUEST_SECONDS  # histogram
+CANARY_SHARE_METRIC = metric_names.GATEWAY_CANARY_PERCENT  # gauge: the share in force
 VERSION_LABEL = "version_label"
 OUTCOME_LABEL = "outcome"
 ERROR_OUTCOME = "error"

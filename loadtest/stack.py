@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from common import metric_names
 from common.model_config import DEFAULT_MODEL_NAME
 from common.processes import (
     DEFAULT_MONITORING_FILE,
@@ -32,7 +33,7 @@ from common.processes import (
 from common.repository import DEFAULT_BATCHING_FILE
 
 # serving/monitoring.config's path, where the model server's Prometheus text is served on the REST port.
-MODEL_SERVER_METRICS_PATH = "/monitoring/prometheus/metrics"
+MODEL_SERVER_METRICS_PATH = metric_names.TF_SERVING_METRICS_PATH
 
 
 class StackError(RuntimeError):

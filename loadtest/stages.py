@@ -20,11 +20,13 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-GATEWAY_STAGE_METRIC = "aidetect_gateway_stage_seconds"
-SERVER_REQUEST_LATENCY = ":tensorflow:serving:request_latency"
-SERVER_QUEUING_LATENCY = ":tensorflow:serving:batching_session:queuing_latency"
-SERVER_RUNTIME_LATENCY = ":tensorflow:serving:runtime_latency"
-SERVER_BATCH_SIZE = ":tensorflow:serving:batching_session:input_batch_size"
+from common import metric_names
+
+GATEWAY_STAGE_METRIC = metric_names.GATEWAY_STAGE_SECONDS
+SERVER_REQUEST_LATENCY = metric_names.SERVER_REQUEST_LATENCY
+SERVER_QUEUING_LATENCY = metric_names.SERVER_QUEUING_LATENCY
+SERVER_RUNTIME_LATENCY = metric_names.SERVER_RUNTIME_LATENCY
+SERVER_BATCH_SIZE = metric_names.SERVER_INPUT_BATCH_SIZE
 MICROSECONDS_PER_MILLISECOND = 1000.0
 
 # (sum, count) of each histogram, keyed by (metric name, label "stage" or "" when unlabelled).

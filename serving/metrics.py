@@ -24,8 +24,10 @@ from dataclasses import dataclass, field
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
 
+from common import metric_names
+
 UNKNOWN_MODEL_LABEL = "__unknown__"
-DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
+DEFAULT_PROMETHEUS_PATH = metric_names.TF_SERVING_METRICS_PATH
 _DOUBLE_MAX = 1.7976931348623157e308
 
 
@@ -134,21 +136,19 @@ class ServerMetrics:
         latency_buckets = exponential_buckets(10, 1.8, 33)  # TF Serving: microseconds, up to ~20 minutes
         # Batch sizes: TF's padding_size_v2 buckets [1, 2, 4, ..., 8192].
         size_buckets = exponential_buckets(1, 2, 14)
-        self.request_count = Counter(":tensorflow:serving:request_count", ("model_name", "status"))
+        self.request_count = Counter(metric_names.SERVER_REQUEST_COUNT, ("model_name", "status"))
         self.request_latency = Histogram(
-            ":tensorflow:serving:request_latency", ("model_name", "API", "entrypoint"), latency_buckets
+            metric_names.SERVER_REQUEST_LATENCY, ("model_name", "API", "entrypoint"), latency_buckets
         )
         self.runtime_latency = Histogram(
-            ":tensorflow:serving:runtime_latency", ("model_name", "API", "runtime"), latency_buckets
+            metric_names.SERVER_RUNTIME_LATENCY, ("model_name", "API", "runtime"), latency_buckets
         )
         self.queuing_latency = Histogram(
-            ":tensorflow:serving:batching_session:queuing_latency",
+            metric_names.SERVER_QUEUING_LATENCY,
             ("thread_pool_name",),
             exponential_buckets(100, 1.2, 52),
         )
-        self.input_batch_size = Histogram(
-            ":tensorflow:serving:batching_session:input_batch_size", (), size_buckets
-        )
+        self.input_batch_size = Histogram(metric_names.SERVER_INPUT_BATCH_SIZE, (), size_buckets)
         self.processed_batch_size = Histogram(
             ":tensorflow:serving:batching_session:processed_batch_size", (), size_buckets
         )

@@ -9,6 +9,7 @@ import urllib.parse
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
+from common import metric_names
 from k8s import canary_watch
 from k8s.canary_watch import (
     CanaryHealth,
@@ -29,17 +30,17 @@ class FakeGateway:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "model_requests",
+            metric_names.MODEL_REQUESTS,
             "model calls",
             ["model_name", "version_label", "outcome"],
-            namespace=canary_watch.GATEWAY_NAMESPACE,
+            namespace=metric_names.GATEWAY_NAMESPACE,
             registry=self.registry,
         )
         self.latency = Histogram(
-            "model_request_seconds",
+            metric_names.MODEL_REQUEST_SECONDS,
             "model call latency",
             ["model_name", "version_label"],
-            namespace=canary_watch.GATEWAY_NAMESPACE,
+            namespace=metric_names.GATEWAY_NAMESPACE,
             registry=self.registry,
             buckets=LATENCY_BUCKETS,
         )
