@@ -1,11 +1,12 @@
 """numpy arrays <-> TensorFlow's TensorProto, with the proto fields only: the one codec of the project.
 
-The gateway and the load test build Predict requests with it, the local model server decodes
-requests and encodes responses with it. It reads tensors as `tf.make_ndarray` does
-(tensor_content, else the typed repeated field; one value fills the tensor, fewer values are
-padded with the last) and writes them as TF Serving does (typed repeated fields, as
-`Tensor::AsProtoField`, or tensor_content as clients and `--enable_serialization_as_tensor_content`
-do), without calling into TensorFlow's Python runtime on the request path.
+The gateway, the export's warmup records and the load test build Predict requests with it
+(:func:`predict_request`); the local model server decodes requests and encodes responses with
+it. It reads tensors as `tf.make_ndarray` does (tensor_content, else the typed repeated field;
+one value fills the tensor, fewer values are padded with the last) and writes them as TF
+Serving does (typed repeated fields, as `Tensor::AsProtoField`, or tensor_content as clients
+and `--enable_serialization_as_tensor_content` do), without calling into TensorFlow's Python
+runtime on the request path.
 
 Errors are :class:`TensorError` (a ValueError); each caller says what it means for its API
 (the model server: INVALID_ARGUMENT for a request, INTERNAL for its own output).
@@ -14,10 +15,14 @@ Errors are :class:`TensorError` (a ValueError); each caller says what it means f
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from tensorflow.core.framework import tensor_pb2, types_pb2
+from tensorflow_serving.apis import predict_pb2
+
+from common.signatures import SERVING_SIGNATURE
 
 # TF DataType -> numpy dtype. Strings are numpy object arrays of `bytes`.
 _NUMPY_BY_TF_DTYPE: dict[int, np.dtype[Any]] = {
@@ -168,3 +173,29 @@ def to_tensor_proto(array: np.ndarray, *, as_tensor_content: bool = True) -> ten
     else:
         getattr(proto, _VALUE_FIELD_BY_TF_DTYPE[proto.dtype]).extend(array.ravel().tolist())
     return proto
+
+
+def predict_request(
+    model_name: str,
+    inputs: Mapping[str, np.ndarray | tensor_pb2.TensorProto],
+    signature_name: str = SERVING_SIGNATURE,
+    *,
+    version: int | None = None,
+    version_label: str | None = None,
+    output_filter: Sequence[str] = (),
+) -> predict_pb2.PredictRequest:
+    """A TF Serving PredictRequest: arrays are encoded with :func:`to_tensor_proto` (tensor_content),
+    TensorProtos are sent as they are (tests send malformed ones on purpose)."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model_name
+    request.model_spec.signature_name = signature_name
+    if version is not None:
+        request.model_spec.version.value = version
+    if version_label:
+        request.model_spec.version_label = version_label
+    for alias, value in inputs.items():
+        request.inputs[alias].CopyFrom(
+            value if isinstance(value, tensor_pb2.TensorProto) else to_tensor_proto(value)
+        )
+    request.output_filter.extend(output_filter)
+    return request

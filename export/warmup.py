@@ -60,14 +60,12 @@ def warmup_records(
     model_name: str, images: np.ndarray, files: Sequence[EncodedFile], batch_sizes: Iterable[int]
 ) -> list[object]:
     """PredictionLog records for both signatures at every batch size."""
-    import tensorflow as tf
-    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+    from tensorflow_serving.apis import prediction_log_pb2
 
-    def record(signature_name: str, input_name: str, tensor: object) -> object:
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name = model_name
-        request.model_spec.signature_name = signature_name
-        request.inputs[input_name].CopyFrom(tf.make_tensor_proto(tensor))
+    from common.tensors import predict_request
+
+    def record(signature_name: str, input_name: str, tensor: np.ndarray) -> object:
+        request = predict_request(model_name, {input_name: tensor}, signature_name)
         return prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
 
     def cycle(items: Sequence[Any], count: int) -> list[Any]:
@@ -84,7 +82,9 @@ def warmup_records(
     for file in files:
         if file.reencoded:
             records.append(
-                record(signatures.BYTES_SIGNATURE, signatures.BYTES_INPUT, np.array([file.content]))
+                record(
+                    signatures.BYTES_SIGNATURE, signatures.BYTES_INPUT, np.array([file.content], dtype=object)
+                )
             )
     for size in sizes:
         records.append(

@@ -42,7 +42,7 @@ from common.signatures import (
     OUTPUT_PROBABILITY,
     OUTPUT_THRESHOLD,
 )
-from common.tensors import TensorError, dtype_name, to_numpy, to_tensor_proto
+from common.tensors import TensorError, dtype_name, predict_request, to_numpy
 from gateway.errors import (
     GatewayError,
     ModelUnavailableError,
@@ -335,13 +335,14 @@ class ModelClient:
     async def _predict(self, images: np.ndarray, target: ModelTarget) -> PredictionBatch:
         metadata = await self.metadata(target)
         stub = self._stubs()[0]
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name = self.settings.model_name
-        request.model_spec.signature_name = self.settings.signature_name
-        target.fill(request.model_spec)
-        request.inputs[metadata.input_name].CopyFrom(to_tensor_proto(images))
         wanted = [name for name in (*REQUIRED_OUTPUTS, *OPTIONAL_OUTPUTS) if name in metadata.output_names]
-        request.output_filter.extend(wanted)
+        request = predict_request(
+            self.settings.model_name,
+            {metadata.input_name: images},
+            self.settings.signature_name,
+            output_filter=wanted,
+        )
+        target.fill(request.model_spec)
         response = await self._call(stub.Predict, request, target)
         version = response.model_spec.version.value if response.model_spec.HasField("version") else 0
         model_version = int(version or metadata.model_version)

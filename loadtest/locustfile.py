@@ -35,14 +35,14 @@ from gateway.__main__ import use_tensorflow_protos_only  # noqa: E402
 # TF Serving's protos without importing all of TensorFlow (seconds and ~600 MB per Locust process).
 use_tensorflow_protos_only()
 
+import numpy as np  # noqa: E402
 from locust.argument_parser import LocustArgumentParser  # noqa: E402
 from locust.env import Environment  # noqa: E402
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2  # noqa: E402
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 
 from common import signatures  # noqa: E402
 from common.model_config import DEFAULT_MODEL_NAME  # noqa: E402
-from common.tensors import to_tensor_proto  # noqa: E402
+from common.tensors import predict_request  # noqa: E402
 from loadtest.samples import (  # noqa: E402
     MultipartUpload,
     load_uploads,
@@ -93,18 +93,6 @@ class Workload:
     bytes_requests: list[predict_pb2.PredictRequest]
 
 
-def predict_request(
-    model_name: str, version_label: str, signature_name: str, input_name: str, tensor: tensor_pb2.TensorProto
-) -> predict_pb2.PredictRequest:
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = model_name
-    request.model_spec.signature_name = signature_name
-    if version_label:
-        request.model_spec.version_label = version_label
-    request.inputs[input_name].CopyFrom(tensor)
-    return request
-
-
 def build_workload(options: Any, with_grpc: bool) -> Workload:
     samples = load_uploads(Path(options.uploads))
     uploads = [multipart_upload(sample) for sample in samples]
@@ -112,28 +100,20 @@ def build_workload(options: Any, with_grpc: bool) -> Workload:
         return Workload(uploads, [], [])
     name, label = options.model_name, options.version_label
     tensor_requests = [
-        predict_request(
-            name, label, signatures.SERVING_SIGNATURE, signatures.IMAGE_INPUT, to_tensor_proto(image[None])
-        )
+        predict_request(name, {signatures.IMAGE_INPUT: image[None]}, version_label=label)
         for image in model_inputs(samples)
     ]
     bytes_requests = [
         predict_request(
-            name, label, signatures.BYTES_SIGNATURE, signatures.BYTES_INPUT, string_tensor(sample.data)
+            name,
+            {signatures.BYTES_INPUT: np.array([sample.data], dtype=object)},
+            signatures.BYTES_SIGNATURE,
+            version_label=label,
         )
         for sample in samples
         if sample.format in BYTES_SIGNATURE_FORMATS
     ]
     return Workload(uploads, tensor_requests, bytes_requests)
-
-
-def string_tensor(data: bytes) -> tensor_pb2.TensorProto:
-    """A string [1] tensor in the typed field (tensor_content cannot carry variable-length strings)."""
-    return tensor_pb2.TensorProto(
-        dtype=types_pb2.DT_STRING,
-        tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=1)]),
-        string_val=[data],
-    )
 
 
 _workload: Workload | None = None

@@ -31,7 +31,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from common import signatures
+from common import signatures, tensors
 from common.preprocessing import IMAGE_SIZE
 from common.processes import free_port, stop_process
 from common.repository import REPO_ROOT
@@ -197,17 +197,9 @@ def predict_request(
     output_filter: tuple[str, ...] = (),
 ) -> predict_pb2.PredictRequest:
     """A Predict request for `inputs` (TensorProtos, sent as they are: also malformed ones)."""
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = model_name
-    request.model_spec.signature_name = signature_name
-    if version is not None:
-        request.model_spec.version.value = version
-    if label is not None:
-        request.model_spec.version_label = label
-    for alias, proto in inputs.items():
-        request.inputs[alias].CopyFrom(proto)
-    request.output_filter.extend(output_filter)
-    return request
+    return tensors.predict_request(
+        model_name, inputs, signature_name, version=version, version_label=label, output_filter=output_filter
+    )
 
 
 class Client:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2, types_pb2
 
 from common.tensors import TensorError, to_numpy, to_tensor_proto
 
@@ -44,3 +45,25 @@ def test_tensor_proto_fill_rules_follow_tensorflow() -> None:
     wrong_bytes.tensor_content = wrong_bytes.tensor_content[:-1]
     with pytest.raises(TensorError, match="tensor_content has 15 bytes"):
         to_numpy(wrong_bytes)
+
+
+def test_predict_request_encodes_arrays_and_keeps_protos_as_they_are() -> None:
+    from common.tensors import predict_request
+
+    images = np.arange(12, dtype=np.uint8).reshape(1, 2, 2, 3)
+    malformed = tensor_pb2.TensorProto(dtype=types_pb2.DT_UINT8, tensor_content=b"\x01")  # no shape
+    request = predict_request(
+        "ai_detector",
+        {"image": images, "raw": malformed},
+        "predict_image_bytes",
+        version_label="canary",
+        output_filter=["probability"],
+    )
+    assert request.model_spec.name == "ai_detector"
+    assert request.model_spec.signature_name == "predict_image_bytes"
+    assert request.model_spec.version_label == "canary" and not request.model_spec.HasField("version")
+    np.testing.assert_array_equal(tf.make_ndarray(request.inputs["image"]), images)
+    assert request.inputs["raw"] == malformed
+    assert list(request.output_filter) == ["probability"]
+    pinned = predict_request("ai_detector", {}, version=3)
+    assert pinned.model_spec.version.value == 3 and pinned.model_spec.signature_name == "serving_default"
