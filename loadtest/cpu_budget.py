@@ -19,11 +19,9 @@ Each repeat measures, in this order:
    model server alone on CPU 0 and the gateway and the load generator on CPU 1 (real uploads), as
    in production where the gateway runs on other machines than the model server;
 
-and once at the end:
-
-5. the shared decode-and-resize on each real upload in this process (one thread), and what
-   JPEG DCT-domain downscaling (Pillow's `draft`) would save: measured, not used (it would change
-   the preprocessing the starter model was trained with, ARCHITECTURE.md contract 1).
+(Its fifth step, a what-if of JPEG DCT-domain decoding, was retired in issue 15: the canonical
+normalization now decodes JPEGs with DCT scaling itself, and its cost per upload is measured in
+docs/model-report.md.)
 
 The results go to results/cpu_budget/<stamp>/cpu_budget.json and between the cpu-budget markers
 of docs/performance.md.
@@ -41,18 +39,16 @@ import shutil
 import signal
 import statistics
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import psutil
-from PIL import Image, ImageOps
+from PIL import Image
 
 from common.machine import machine_description
-from common.preprocessing import IMAGE_SIZE, decode_and_resize, resize_to_model_input, to_rgb
+from common.preprocessing import decode_and_resize
 from common.processes import StopRequestedError, raise_stop
 from common.repository import DEFAULT_BATCHING_FILE, code_version
 from loadtest import generator, stages
@@ -304,60 +300,6 @@ def measure_model(
     }
 
 
-def decode_with_draft(data: bytes) -> np.ndarray:
-    """The shared decode, except that JPEGs are decoded at 1/2, 1/4 or 1/8 scale when both sides stay
-    at least twice the model's input: the what-if of this measurement, not the project's preprocessing."""
-    image = Image.open(io.BytesIO(data))
-    if image.format == "JPEG":
-        image.draft("RGB", (2 * IMAGE_SIZE, 2 * IMAGE_SIZE))
-    image.load()
-    return resize_to_model_input(to_rgb(ImageOps.exif_transpose(image)))
-
-
-def best_of(function: Any, data: bytes, repeats: int) -> tuple[float, np.ndarray]:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        pixels = function(data)
-        times.append(time.perf_counter() - started)
-    return 1000 * statistics.median(times), pixels
-
-
-def measure_decoding(samples: list[UploadSample], repeats: int = 5) -> dict[str, Any]:
-    rows: list[dict[str, Any]] = []
-    for sample in samples:
-        full_ms, full = best_of(decode_and_resize, sample.data, repeats)
-        draft_ms, draft = best_of(decode_with_draft, sample.data, repeats)
-        difference = np.abs(full.astype(np.int16) - draft.astype(np.int16))
-        rows.append(
-            {
-                "file": sample.filename,
-                "format": sample.format,
-                "bytes": len(sample.data),
-                "full_ms": round(full_ms, 2),
-                "draft_ms": round(draft_ms, 2),
-                "mean_abs_difference": round(float(difference.mean()), 3),
-                "max_abs_difference": int(difference.max()),
-            }
-        )
-    by_format: dict[str, dict[str, Any]] = {}
-    for image_format in sorted({row["format"] for row in rows}):
-        chosen = [row for row in rows if row["format"] == image_format]
-        by_format[image_format] = {
-            "files": len(chosen),
-            "full_ms": statistics.mean(row["full_ms"] for row in chosen),
-            "draft_ms": statistics.mean(row["draft_ms"] for row in chosen),
-            "mean_abs_difference": statistics.mean(row["mean_abs_difference"] for row in chosen),
-            "max_abs_difference": max(row["max_abs_difference"] for row in chosen),
-        }
-    return {
-        "files": rows,
-        "by_format": by_format,
-        "full_ms_mean": statistics.mean(row["full_ms"] for row in rows),
-        "draft_ms_mean": statistics.mean(row["draft_ms"] for row in rows),
-    }
-
-
 def table_row(repeat: dict[str, Any], step: dict[str, Any], cores: int) -> dict[str, float]:
     """The figures of one repeat's row; the table quotes their medians.
 
@@ -438,7 +380,6 @@ def render(results: dict[str, Any]) -> str:
                 f"| {median('model_ms'):.1f} ({median('batch1_ms'):.1f}) | {median('ceiling'):.1f} "
                 f"| {spread('ratio', 2)} | {spread('share', 2)} |"
             )
-    decoding = results["decoding"]
     lines += [
         "",
         "Sharing both cores, the CPU bound is cores x 1000 ÷ all three processes' core-ms per request and "
@@ -446,23 +387,6 @@ def render(results: dict[str, Any]) -> str:
         "model ran pinned to CPU 0 (its ceiling and core-ms are that run's); the bound is 1000 ÷ the busier "
         "core's core-ms per request (model server, or gateway + load generator) and the prediction the "
         "model's core-ms ÷ that.",
-        "",
-        "The shared decode-and-resize of the real uploads, one thread in process (median of 5 per file), "
-        "and what JPEG DCT-domain downscaling (`Image.draft`, both sides kept ≥ 448 px) would change "
-        "(a what-if: not used, it changes the preprocessing the model was trained with):",
-        "",
-        "| format | files | decode + resize ms (as served) | with JPEG draft | mean abs pixel difference "
-        "| max abs difference |",
-        "|---|---|---|---|---|---|",
-    ]
-    for image_format, row in decoding["by_format"].items():
-        lines.append(
-            f"| {image_format} | {row['files']} | {row['full_ms']:.1f} | {row['draft_ms']:.1f} "
-            f"| {row['mean_abs_difference']:.2f} | {row['max_abs_difference']} |"
-        )
-    lines += [
-        f"| all | {len(decoding['files'])} | {decoding['full_ms_mean']:.1f} "
-        f"| {decoding['draft_ms_mean']:.1f} | | |",
         "",
         f"Raw numbers: `{results['results_folder']}/cpu_budget.json` (not committed).",
         "",
@@ -512,10 +436,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         shutil.rmtree(results_folder / "workspace", ignore_errors=True)
-    print("decoding the uploads in process ...", flush=True)
     results = {
         "models": measured,
-        "decoding": measure_decoding(samples),
         "seconds": arguments.seconds,
         "repeats": arguments.repeats,
         "concurrency": arguments.concurrency,
