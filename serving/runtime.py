@@ -35,7 +35,6 @@ logger = logging.getLogger(__name__)
 SAVED_MODEL_FILE = "saved_model.pb"
 # The init-op pseudo signature TF2 writes into every SavedModel: listed in metadata, never run.
 INIT_OP_SIGNATURE = "__saved_model_init_op"
-PREDICT_METHOD_NAME = "tensorflow/serving/predict"
 
 
 @dataclass(frozen=True)

@@ -145,7 +145,6 @@ def variant_spec(name: str) -> VariantSpec:
 BLOCK_LAYER_PREFIXES: tuple[str, ...] = tuple(
     f"blocks_{stage_index}_" for stage_index in range(len(LITE0_STAGES))
 )
-STEM_LAYER_PREFIX = "stem_"
 HEAD_LAYER_PREFIX = "head_"
 TOP_LAYER_PREFIX = "top_"
 

@@ -16,7 +16,7 @@ import pytest
 from common import model_config
 from k8s.errors import KubectlError, RolloutStateError
 from k8s.kube import Kubectl
-from k8s.rollout import ConfigStore
+from k8s.rollout_steps import ConfigStore
 from tests.k8s.rollout_support import write_stable_config
 
 FAKE_KUBECTL = """#!/bin/bash

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from common import model_config
 from common.model_config import CANARY_LABEL, STABLE_LABEL
-from k8s import rollout
+from k8s import rollout, rollout_steps
 from k8s.errors import ModelServerError, PublishError, RolloutStateError
 from k8s.model_servers import AVAILABLE, ModelServer
 from tests.k8s.manifests_support import container, render
@@ -46,7 +46,7 @@ def built_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def workspace(tmp_path_factory: pytest.TempPathFactory, built_models: dict[str, Path]) -> Path:
     root = tmp_path_factory.mktemp("rollout")
     (root / "models").mkdir()
-    assert rollout.publish_version(built_models["good"], root / "models" / MODEL_NAME) == 1
+    assert rollout_steps.publish_version(built_models["good"], root / "models" / MODEL_NAME) == 1
     write_stable_config(root / "models.config", 1)
     return root
 
@@ -118,7 +118,7 @@ def test_publish_is_atomic_and_never_overwrites(tmp_path: Path, built_models: di
     (models / "7").mkdir(parents=True)
     (models / ".publish-9-left-over").mkdir()  # a crashed copy: not a version
     (models / "notes").mkdir()
-    assert rollout.publish_version(built_models["good"], models) == 8
+    assert rollout_steps.publish_version(built_models["good"], models) == 8
     assert (models / "8" / "saved_model.pb").read_bytes() == (
         built_models["good"] / "saved_model.pb"
     ).read_bytes()
@@ -129,7 +129,7 @@ def test_publish_is_atomic_and_never_overwrites(tmp_path: Path, built_models: di
     ]
     assert [path.name for path in models.iterdir() if path.name.startswith(".publish-8")] == []
     with pytest.raises(PublishError, match="not a SavedModel"):
-        rollout.publish_version(tmp_path, models)
+        rollout_steps.publish_version(tmp_path, models)
 
 
 # -- the rollout steps on a real model server ----------------------------------------------------
@@ -154,16 +154,16 @@ def test_good_version_rolls_out_and_is_promoted(
     assert "loaded [1, 2], stable -> 1, canary -> 2" in status
     assert "labels {'stable': 1, 'canary': 2}" in status
     assert traffic(workspace) == {"canary_label": CANARY_LABEL, "canary_percent": 25.0}
-    state = rollout.config_state(model_config.load(workspace / "models.config"), MODEL_NAME)
-    assert state == rollout.ConfigState(loaded=(1, 2), stable=1, canary=2)
+    state = rollout_steps.config_state(model_config.load(workspace / "models.config"), MODEL_NAME)
+    assert state == rollout_steps.ConfigState(loaded=(1, 2), stable=1, canary=2)
 
     cli(workspace, server, "promote")
     eventually(
         lambda: served(model_server) == {"available": [2], STABLE_LABEL: 2, CANARY_LABEL: None}, "promoted"
     )
     assert traffic(workspace)["canary_percent"] == 0.0
-    state = rollout.config_state(model_config.load(workspace / "models.config"), MODEL_NAME)
-    assert state == rollout.ConfigState(loaded=(2,), stable=2, canary=None)
+    state = rollout_steps.config_state(model_config.load(workspace / "models.config"), MODEL_NAME)
+    assert state == rollout_steps.ConfigState(loaded=(2,), stable=2, canary=None)
 
 
 def test_rollback_works_at_every_step(
@@ -172,7 +172,7 @@ def test_rollback_works_at_every_step(
     """Interrupted after loading, after the canary label, and half-way through a promotion:
     rollback always ends with the previous version stable and the new one unloaded.
     Uses HandleReloadConfigRequest (--reload grpc) rather than polling."""
-    stable = rollout.config_state(model_config.load(workspace / "models.config"), MODEL_NAME).stable
+    stable = rollout_steps.config_state(model_config.load(workspace / "models.config"), MODEL_NAME).stable
     assert stable is not None
     models = workspace / "models" / MODEL_NAME
     config_path = workspace / "models.config"
@@ -181,7 +181,7 @@ def test_rollback_works_at_every_step(
         model_server.reload_config(model_config.load(config_path))
 
     # 1. Only loaded beside stable (a start stopped before the label moved).
-    new = rollout.publish_version(built_models["good"], models)
+    new = rollout_steps.publish_version(built_models["good"], models)
     config = model_config.load(config_path)
     model_config.add_version(config, MODEL_NAME, new)
     model_config.save(config, config_path)
@@ -191,7 +191,7 @@ def test_rollback_works_at_every_step(
     assert served(model_server) == {"available": [stable], STABLE_LABEL: stable, CANARY_LABEL: None}
 
     # 2. A running canary.
-    new = rollout.publish_version(built_models["good"], models)
+    new = rollout_steps.publish_version(built_models["good"], models)
     cli(workspace, server, "start", "--version", str(new), reload="grpc")
     assert served(model_server)[CANARY_LABEL] == new
     cli(workspace, server, "rollback", reload="grpc")
@@ -199,7 +199,7 @@ def test_rollback_works_at_every_step(
     assert traffic(workspace)["canary_percent"] == 0.0
 
     # 3. Half-way through a promotion: stable already moved to the new version.
-    new = rollout.publish_version(built_models["good"], models)
+    new = rollout_steps.publish_version(built_models["good"], models)
     cli(workspace, server, "start", "--version", str(new), reload="grpc")
     config = model_config.load(config_path)
     model_config.set_label(config, MODEL_NAME, STABLE_LABEL, new)
@@ -218,9 +218,9 @@ def test_refusals_leave_the_config_as_it_was(
     workspace: Path, server: ServerProcess, model_server: ModelServer, built_models: dict[str, Path]
 ) -> None:
     config_path = workspace / "models.config"
-    store = rollout.ConfigStore(config_path, MODEL_NAME, rollout.ReloadMode.poll)
-    switch = rollout.TrafficSwitch(file=workspace / "traffic.json", settle_seconds=0)
-    steps = rollout.Rollout(store, [model_server], switch, timeout_seconds=60, say=lambda _: None)
+    store = rollout_steps.ConfigStore(config_path, MODEL_NAME, rollout_steps.ReloadMode.poll)
+    switch = rollout_steps.TrafficSwitch(file=workspace / "traffic.json", settle_seconds=0)
+    steps = rollout_steps.Rollout(store, [model_server], switch, timeout_seconds=60, say=lambda _: None)
     before = config_path.read_text()
     stable = steps.state().stable
     assert stable is not None
@@ -233,7 +233,7 @@ def test_refusals_leave_the_config_as_it_was(
 
     # A version whose files do not load: the wait stops at the load error, not at the timeout,
     # and rollback takes it out again.
-    broken = rollout.publish_version(built_models["broken"], workspace / "models" / MODEL_NAME)
+    broken = rollout_steps.publish_version(built_models["broken"], workspace / "models" / MODEL_NAME)
     with pytest.raises(ModelServerError, match=f"version {broken} failed to load"):
         steps.start(broken, 10)
     assert model_server.label_version(CANARY_LABEL) is None

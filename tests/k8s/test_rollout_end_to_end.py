@@ -28,7 +28,7 @@ from typer.testing import CliRunner
 
 from common import model_config, model_versions
 from common.model_config import CANARY_LABEL, STABLE_LABEL
-from k8s import rollout
+from k8s import rollout, rollout_steps
 from k8s.model_servers import AVAILABLE, ModelServer
 from tests.gateway.processes import (
     START_TIMEOUT_SECONDS,
@@ -84,7 +84,7 @@ def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def stack(tmp_path_factory: pytest.TempPathFactory, exports: dict[str, Path]) -> Iterator[Stack]:
     workspace = tmp_path_factory.mktemp("stack")
     models = workspace / "models" / MODEL_NAME
-    assert rollout.publish_version(exports["stable"], models) == 1
+    assert rollout_steps.publish_version(exports["stable"], models) == 1
     write_stable_config(workspace / "models.config", 1)
     (workspace / "traffic.json").write_text('{"canary_label": "canary", "canary_percent": 0.0}\n')
     grpc_port, rest_port, gateway_port = free_port(), free_port(), free_port()
