@@ -50,20 +50,19 @@ from PIL import Image
 from common.machine import machine_description
 from common.preprocessing import decode_and_resize
 from common.processes import StopRequestedError, raise_stop
-from common.repository import DEFAULT_BATCHING_FILE, code_version
+from common.repository import DEFAULT_BATCHING_FILE, REPO_ROOT, code_version
 from loadtest import generator, stages
 from loadtest.benchmark import (
     DEFAULT_OUTPUT,
-    REPO_ROOT,
     START_TIMEOUT_SECONDS,
     BenchmarkError,
     display_path,
     measure_raw,
     model_workspace,
     stack_system,
-    write_into,
 )
 from loadtest.benchmark_models import BenchmarkModel, BenchmarkModelError, find_starter, prepare_resnet50
+from loadtest.benchmark_report import write_into
 from loadtest.samples import MultipartUpload, UploadSample, load_uploads, multipart_upload
 from loadtest.settings import UPLOADS_DIRECTORY
 from loadtest.stack import LocalStack, StackError

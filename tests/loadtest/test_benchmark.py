@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from common.preprocessing import IMAGE_SIZE
-from loadtest import benchmark
+from loadtest import benchmark, benchmark_report
 from tests.serving.local_server_support import build_tiny_saved_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.model, pytest.mark.slow]
@@ -37,7 +37,7 @@ def test_benchmark_measures_every_system_and_writes_its_section(uploads_dir: Pat
     document = tmp_path / "performance.md"
     document.write_text(
         "# Performance\n\nprose before\n\n"
-        f"{benchmark.BEGIN_MARKER}\nold numbers\n{benchmark.END_MARKER}\n\nprose after\n"
+        f"{benchmark_report.BEGIN_MARKER}\nold numbers\n{benchmark_report.END_MARKER}\n\nprose after\n"
     )
     work = tmp_path / "work"
     exit_code = benchmark.main(
@@ -63,7 +63,7 @@ def test_benchmark_measures_every_system_and_writes_its_section(uploads_dir: Pat
 
     text = document.read_text()
     assert text.startswith("# Performance\n\nprose before\n") and text.endswith("\n\nprose after\n")
-    assert "old numbers" not in text and text.count(benchmark.BEGIN_MARKER) == 1
+    assert "old numbers" not in text and text.count(benchmark_report.BEGIN_MARKER) == 1
     for row in ("raw SavedModel in process", "gateway + model server, batching", "no server-side batching"):
         assert row in text, row
     assert "baseline: one FastAPI process" in text
