@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from common import model_config
+from common.model_config import DEFAULT_MODEL_NAME as MODEL_NAME
 from common.preprocessing import IMAGE_SIZE
 from gateway.dependencies import get_model_client
 from gateway.main import create_app
@@ -119,16 +121,12 @@ def client_and_fake(make_client: MakeClient) -> tuple[TestClient, FakeModelClien
 
 # -- real processes (integration and browser tests) ------------------------------------------
 
-TINY_MODEL_CONFIG = """model_config_list {
-  config {
-    name: "ai_detector"
-    base_path: "/models/ai_detector"
-    model_platform: "tensorflow"
-    model_version_policy { specific { versions: 1 } }
-    version_labels { key: "stable" value: 1 }
-  }
-}
-"""
+
+def tiny_model_config() -> str:
+    """As serving/models.config: version 1, labelled stable (written by common.model_config)."""
+    config = model_config.new_config(MODEL_NAME, f"/models/{MODEL_NAME}", [1])
+    model_config.set_label(config, MODEL_NAME, model_config.STABLE_LABEL, 1)
+    return model_config.dumps(config)
 
 
 @dataclass
@@ -167,7 +165,7 @@ def tiny_model_repository(tmp_path_factory: pytest.TempPathFactory) -> TinyModel
     root = tmp_path_factory.mktemp("tiny-model")
     write_tiny_model(root / "models" / "ai_detector")
     config_file = root / "models.config"
-    config_file.write_text(TINY_MODEL_CONFIG)
+    config_file.write_text(tiny_model_config())
     return TinyModelRepository(root, root / "models", config_file)
 
 

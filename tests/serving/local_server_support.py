@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from google.protobuf import text_format
 from tensorflow.core.framework import tensor_pb2
 from tensorflow_serving.apis import (
     get_model_status_pb2,
@@ -31,7 +32,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from common import signatures, tensors
+from common import model_config, signatures, tensors
 from common.preprocessing import IMAGE_SIZE
 from common.processes import free_port, stop_process
 from common.repository import REPO_ROOT
@@ -99,24 +100,21 @@ def copy_version(source: Path, model_root: Path, version: int | str) -> Path:
 
 
 def config_text(models: list[dict[str, Any]]) -> str:
-    """A models.config; each model: name, base_path, policy (text inside model_version_policy), labels."""
-    blocks = []
+    """A models.config; each model: name, base_path, policy (text inside model_version_policy), labels.
+
+    Built as TF Serving's ModelServerConfig proto and written by common.model_config, the one
+    writer of that file (labels are set as given: tests also write configs TF Serving refuses)."""
+    config = model_config.ModelServerConfig()
+    config.model_config_list.SetInParent()
     for model in models:
-        labels = "".join(
-            f'    version_labels {{ key: "{label}" value: {version} }}\n'
-            for label, version in model.get("labels", {}).items()
+        entry = config.model_config_list.config.add(
+            name=model["name"], base_path=model["base_path"], model_platform="tensorflow"
         )
-        policy = model.get("policy", "")
-        policy_block = f"    model_version_policy {{ {policy} }}\n" if policy else ""
-        blocks.append(
-            "  config {\n"
-            f'    name: "{model["name"]}"\n'
-            f'    base_path: "{model["base_path"]}"\n'
-            '    model_platform: "tensorflow"\n'
-            f"{policy_block}{labels}"
-            "  }\n"
-        )
-    return "model_config_list {\n" + "".join(blocks) + "}\n"
+        if model.get("policy"):
+            text_format.Parse(model["policy"], entry.model_version_policy)
+        for label, version in model.get("labels", {}).items():
+            entry.version_labels[label] = version
+    return model_config.dumps(config)
 
 
 @dataclass
