@@ -67,14 +67,14 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("local_server")
 
 
-def _main_config() -> str:
+def _main_config(labels: dict[str, int] | None = None) -> str:
     return config_text(
         [
             {
                 "name": MODEL_NAME,
                 "base_path": f"/models/{MODEL_NAME}",
                 "policy": "all {}",
-                "labels": {"stable": 1, "canary": 2},
+                "labels": labels if labels is not None else {"stable": 1, "canary": 2},
             },
             {"name": HOT_MODEL, "base_path": f"/models/{HOT_MODEL}", "policy": "latest { num_versions: 1 }"},
         ]
@@ -676,11 +676,7 @@ def test_broken_version_is_refused_and_the_working_one_keeps_serving(
 def test_reload_config_request_moves_labels(reload_client: Client) -> None:
     """Leaves stable -> 2, canary -> 1 on the reload server (applied over gRPC)."""
     client = reload_client
-    swapped = (
-        _main_config()
-        .replace('key: "stable" value: 1', 'key: "stable" value: 2')
-        .replace('key: "canary" value: 2', 'key: "canary" value: 1')
-    )
+    swapped = _main_config({"stable": 2, "canary": 1})
     _reload(client, swapped)
     assert (
         client.predict({signatures.IMAGE_INPUT: random_images(1)}, label="stable")[0].model_spec.version.value
@@ -691,7 +687,7 @@ def test_reload_config_request_moves_labels(reload_client: Client) -> None:
         == 1
     )
 
-    dangling = _main_config().replace('key: "canary" value: 2', 'key: "canary" value: 7')
+    dangling = _main_config({"stable": 1, "canary": 7})
     error = error_of(lambda: _reload(client, dangling))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "version 7 of model ai_detector, which is not currently available" in error.details()
