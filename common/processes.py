@@ -248,6 +248,50 @@ def gateway_settings(**settings: str) -> dict[str, str]:
     return {f"AIDETECT_GATEWAY_{name.upper()}": value for name, value in settings.items()}
 
 
+@dataclass(frozen=True)
+class StackCommands:
+    """`make run`'s two processes: their command lines and the environment both start with."""
+
+    server: ModelServerFlags
+    gateway: GatewayFlags
+    environment: dict[str, str]
+
+
+def stack_commands(
+    grpc_port: int,
+    rest_port: int,
+    gateway_port: int,
+    models: Path,
+    model_name: str,
+    model_config_file: Path,
+    batching_file: Path | None,
+    extra_server_flags: Sequence[str] = (),
+    settings: dict[str, str] | None = None,
+) -> StackCommands:
+    """The local model server (models.config's /models mapped onto `models`, serving/'s monitoring
+    config when present) and the gateway pointed at it, reading the model cards in `models`.
+    `make run` and the load test's stack both start exactly these; `settings` are more gateway
+    settings (gateway_settings)."""
+    server = ModelServerFlags(
+        grpc_port=grpc_port,
+        rest_port=rest_port,
+        model_config_file=model_config_file,
+        models_root=models,
+        batching_file=batching_file,
+        monitoring_file=DEFAULT_MONITORING_FILE if DEFAULT_MONITORING_FILE.is_file() else None,
+        extra=tuple(extra_server_flags),
+    )
+    environment = service_environment(
+        # The gateway can read the model cards here (GET /v1/model shows them).
+        AIDETECT_GATEWAY_MODEL_CARD_DIRECTORY=str((models / model_name).resolve()),
+        AIDETECT_GATEWAY_MODEL_NAME=model_name,
+        **gateway_settings(**(settings or {})),
+    )
+    return StackCommands(
+        server, GatewayFlags(port=gateway_port, model_server=server.grpc_address), environment
+    )
+
+
 class LaunchError(RuntimeError):
     """Something prevents the local stack from starting; the message says what to do."""
 

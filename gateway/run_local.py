@@ -23,19 +23,16 @@ from pathlib import Path
 
 from common.model_config import DEFAULT_MODEL_NAME
 from common.processes import (
-    DEFAULT_MONITORING_FILE,
     LOOPBACK,
     READY_TIMEOUT_SECONDS,
     STOP_TIMEOUT_SECONDS,
-    GatewayFlags,
     LaunchError,
     ManagedProcess,
-    ModelServerFlags,
     StopRequestedError,
     answers_200,
     check_models,
     raise_stop,
-    service_environment,
+    stack_commands,
     stop_process,
 )
 from common.repository import DEFAULT_BATCHING_FILE, REPO_ROOT, SERVING_FOLDER
@@ -71,23 +68,22 @@ def check_port_free(port: int, what: str, option: str) -> None:
 def stack_processes(arguments: argparse.Namespace) -> tuple[ManagedProcess, ManagedProcess]:
     """The model server and the gateway of `make run`, writing to this terminal; both get SIGTERM
     if the launcher dies."""
-    server = ModelServerFlags(
-        grpc_port=arguments.grpc_port,
-        rest_port=arguments.rest_port,
-        model_config_file=arguments.model_config,
-        models_root=arguments.models,
+    stack = stack_commands(
+        arguments.grpc_port,
+        arguments.rest_port,
+        arguments.gateway_port,
+        arguments.models,
+        arguments.model_name,
+        arguments.model_config,
         batching_file=DEFAULT_BATCHING_FILE if DEFAULT_BATCHING_FILE.is_file() else None,
-        monitoring_file=DEFAULT_MONITORING_FILE if DEFAULT_MONITORING_FILE.is_file() else None,
-    )
-    gateway = GatewayFlags(port=arguments.gateway_port, model_server=server.grpc_address)
-    environment = service_environment(
-        # The gateway can read the model cards here (GET /v1/model shows them).
-        AIDETECT_GATEWAY_MODEL_CARD_DIRECTORY=str((arguments.models / arguments.model_name).resolve()),
-        AIDETECT_GATEWAY_MODEL_NAME=arguments.model_name,
     )
     return (
-        ManagedProcess("model server", server.command(), environment=environment, terminate_with_parent=True),
-        ManagedProcess("gateway", gateway.command(), environment=environment, terminate_with_parent=True),
+        ManagedProcess(
+            "model server", stack.server.command(), environment=stack.environment, terminate_with_parent=True
+        ),
+        ManagedProcess(
+            "gateway", stack.gateway.command(), environment=stack.environment, terminate_with_parent=True
+        ),
     )
 
 

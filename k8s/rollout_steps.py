@@ -276,17 +276,11 @@ class Rollout:
 
             self._edit(load_beside_stable, f"load version {version} beside {state.loaded}")
         self._wait(version_available(version), f"version {version} AVAILABLE on every model server")
-        if state.canary != version:
-            self._edit(
-                lambda config: model_config.set_label(config, name, CANARY_LABEL, version),
-                f"label {CANARY_LABEL!r} -> {version}",
-            )
-        self._wait(label_points_at(CANARY_LABEL, version), f"label {CANARY_LABEL!r} resolves to {version}")
+        self._point_label(CANARY_LABEL, version, state.canary)
         self.traffic.set_percent(canary_percent, self.say)
         self.say(f"canary running: version {version} gets {canary_percent:g}% of unpinned requests")
 
     def promote(self) -> None:
-        name = self.store.model_name
         state = self.state()
         self.say(f"promote: from {state.describe()}")
         new = state.canary
@@ -295,12 +289,7 @@ class Rollout:
         self._require_traffic_switch()
         old = state.stable
         self._wait(version_available(new), f"version {new} AVAILABLE on every model server")
-        if state.stable != new:
-            self._edit(
-                lambda config: model_config.set_label(config, name, STABLE_LABEL, new),
-                f"label {STABLE_LABEL!r} -> {new}",
-            )
-        self._wait(label_points_at(STABLE_LABEL, new), f"label {STABLE_LABEL!r} resolves to {new}")
+        self._point_label(STABLE_LABEL, new, state.stable)
         # Every request goes to `new` now (both labels point at it); stop the split before the
         # canary label goes, so no gateway asks for a label that no longer exists.
         self.traffic.set_percent(0.0, self.say)
@@ -311,7 +300,6 @@ class Rollout:
         self.say(f"promoted: version {new} is {STABLE_LABEL!r} (was {old})")
 
     def rollback(self) -> None:
-        name = self.store.model_name
         state = self.state()
         self.say(f"rollback: from {state.describe()}")
         if self.traffic.configured:
@@ -329,11 +317,7 @@ class Rollout:
                 )
             old = max(previous)
             self._wait(version_available(old), f"version {old} AVAILABLE on every model server")
-            self._edit(
-                lambda config: model_config.set_label(config, name, STABLE_LABEL, old),
-                f"label {STABLE_LABEL!r} back -> {old}",
-            )
-            self._wait(label_points_at(STABLE_LABEL, old), f"label {STABLE_LABEL!r} resolves to {old}")
+            self._point_label(STABLE_LABEL, old, state.stable, arrow="back ->")
         self._remove_canary_label()
         self._unload(new)
         self.say(f"rolled back: version {new} unloaded, {STABLE_LABEL!r} is {self.state().stable}")
@@ -344,6 +328,17 @@ class Rollout:
             raise RolloutError(
                 "no way to reach the gateways: give --traffic-file (local) or --kube-namespace (cluster)"
             )
+
+    def _point_label(self, label: str, version: int, current: int | None, arrow: str = "->") -> None:
+        """`label` -> `version` in models.config unless it points there already, then wait until
+        every model server resolves it (TF Serving's rule: only to a loaded version)."""
+        name = self.store.model_name
+        if current != version:
+            self._edit(
+                lambda config: model_config.set_label(config, name, label, version),
+                f"label {label!r} {arrow} {version}",
+            )
+        self._wait(label_points_at(label, version), f"label {label!r} resolves to {version}")
 
     def _remove_canary_label(self) -> None:
         if self.state().canary is None:

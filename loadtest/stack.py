@@ -1,9 +1,9 @@
 """The stack under test: the local model server and the gateway as real processes on free loopback ports.
 
-The command lines are `make run`'s (common.processes: ModelServerFlags, GatewayFlags, with the same
-batching and monitoring files), so the load test measures the same processes with the same flags;
-only the ports, the log files and, for the benchmark, the batching parameters differ. Each process
-is stopped by its own pid with the launcher's one stop policy.
+The command lines and environment are `make run`'s (common.processes.stack_commands builds both),
+so the load test measures the same processes with the same flags; only the ports, the log files
+and, for the benchmark, the batching parameters differ. Each process is stopped by its own pid
+with the launcher's one stop policy.
 """
 
 from __future__ import annotations
@@ -15,19 +15,16 @@ from types import TracebackType
 from common import metric_names
 from common.model_config import DEFAULT_MODEL_NAME
 from common.processes import (
-    DEFAULT_MONITORING_FILE,
     LOOPBACK,
     READY_TIMEOUT_SECONDS,
-    GatewayFlags,
     LaunchError,
     ManagedProcess,
-    ModelServerFlags,
     ProcessExitedError,
+    StackCommands,
     answers_200,
     check_models,
     free_port,
-    gateway_settings,
-    service_environment,
+    stack_commands,
     wait_until,
 )
 from common.repository import DEFAULT_BATCHING_FILE
@@ -73,26 +70,17 @@ class LocalStack:
     def log_path(self, name: str) -> Path:
         return self.log_directory / f"{name.replace(' ', '_')}.log"
 
-    def commands(self) -> dict[str, list[str]]:
-        server = ModelServerFlags(
-            grpc_port=self.grpc_port,
-            rest_port=self.rest_port,
-            model_config_file=self.model_config_file,
-            models_root=self.models_directory,
-            batching_file=self.batching_file,
-            monitoring_file=DEFAULT_MONITORING_FILE if DEFAULT_MONITORING_FILE.is_file() else None,
-            extra=tuple(self.extra_server_flags),
-        )
-        return {
-            "model server": server.command(),
-            "gateway": GatewayFlags(port=self.gateway_port, model_server=server.grpc_address).command(),
-        }
-
-    def environment(self) -> dict[str, str]:
-        return service_environment(
-            AIDETECT_GATEWAY_MODEL_NAME=self.model_name,
-            AIDETECT_GATEWAY_MODEL_CARD_DIRECTORY=str((self.models_directory / self.model_name).resolve()),
-            **gateway_settings(**self.gateway_settings),
+    def commands(self) -> StackCommands:
+        return stack_commands(
+            self.grpc_port,
+            self.rest_port,
+            self.gateway_port,
+            self.models_directory,
+            self.model_name,
+            self.model_config_file,
+            self.batching_file,
+            self.extra_server_flags,
+            self.gateway_settings,
         )
 
     def start(self, ready_timeout_seconds: float = READY_TIMEOUT_SECONDS) -> None:
@@ -101,10 +89,10 @@ class LocalStack:
             check_models(self.models_directory, self.model_name, self.model_config_file)
         except LaunchError as error:
             raise StackError(str(error)) from error
-        environment = self.environment()
-        for name, command in self.commands().items():
+        stack = self.commands()
+        for name, command in (("model server", stack.server.command()), ("gateway", stack.gateway.command())):
             self.processes[name] = ManagedProcess(
-                name, command, self.log_path(name), environment, cpus=self.cpu_affinity.get(name)
+                name, command, self.log_path(name), stack.environment, cpus=self.cpu_affinity.get(name)
             ).start()
         try:
             wait_until(

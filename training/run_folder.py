@@ -21,7 +21,7 @@ from typing import Any
 
 from common.files import write_text_atomically
 from common.repository import REPO_ROOT
-from training.data import Example
+from training.data import Example, by_split, limit_per_split, load_examples, with_splits
 
 MODEL_FILE = "model.keras"
 CONFIG_FILE = "config.json"
@@ -76,15 +76,10 @@ def read_config(directory: Path) -> dict[str, Any]:
     return config
 
 
-def derive_split_files(data: Path, split: str, limit_per_split: int | None = None) -> list[Path]:
+def derive_split_files(data: Path, split: str, limit: int | None = None) -> list[Path]:
     """The files of `split` as training.data assigns them today (for runs without splits.json)."""
-    from training import data as datasets
-
-    examples = datasets.by_split(
-        datasets.limit_per_split(datasets.with_splits(datasets.load_examples(Path(data))), limit_per_split),
-        split,
-    )
-    return [example.path for example in examples]
+    examples = limit_per_split(with_splits(load_examples(Path(data))), limit)
+    return [example.path for example in by_split(examples, split)]
 
 
 @dataclass(frozen=True)
