@@ -62,7 +62,7 @@ pytest: setup tools
 	$(BIN)/pytest
 
 loadtest: setup
-	$(BIN)/python -m loadtest.run --users $(USERS) --spawn-rate $(SPAWN_RATE) --duration $(DURATION) $(if $(URL),--url $(URL)) $(if $(MODEL_SERVER),--model-server $(MODEL_SERVER))
+	$(BIN)/python -m loadtest.run --users $(USERS) --spawn-rate $(SPAWN_RATE) --duration $(DURATION) $(if $(URL),--gateway-url $(URL)) $(if $(MODEL_SERVER),--model-server-address $(MODEL_SERVER))
 
 train: setup
 	$(BIN)/python -m training.train --data $(SHARED_DATA) --backbone efficientnet_lite0 --output runs/efficientnet_lite0

@@ -235,7 +235,7 @@ class GatewayFlags:
             "gateway",
             f"--host={self.host}",
             f"--port={self.port}",
-            f"--model-server={self.model_server}",
+            f"--model-server-address={self.model_server}",
         ]
 
     @property

@@ -16,6 +16,7 @@ import gc
 import logging
 import shutil
 import signal
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Annotated, Any
 import typer
 
 from common import model_versions, signatures
+from common.logs import configure_logging
 from common.model_config import DEFAULT_MODEL_NAME
 from export.errors import ExportError, VersionExistsError
 from training.run_folder import TrainingRun
@@ -227,7 +229,7 @@ def main(
     """Export a trained model as a new, validated TF Serving version."""
     from export.optimize import Tolerance
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(stream=sys.stderr)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         result = export_run(

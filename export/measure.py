@@ -99,12 +99,15 @@ def speed(
     batch_sizes: Sequence[int] = (1, 32),
     rounds: int = 5,
     seconds_per_round: float = 1.0,
-) -> dict[str, dict[str, float]]:
-    """{batch size: {ms_per_batch (median of rounds), images_per_second, spread}} for the uint8 signature.
+) -> dict[str, dict[str, Any]]:
+    """The one raw-SavedModel timing loop (export's variant choice, the benchmark's raw ceiling):
+    {batch size: {ms_per_batch (median of rounds), images_per_second, spread, round_rates,
+    cpu_milliseconds_per_image}} for the uint8 signature.
 
-    `images` are tiled to fill the largest batch; each round runs about `seconds_per_round`.
+    `images` are tiled to fill each batch; each round runs about `seconds_per_round`. The CPU time
+    is this process's, all threads (`time.process_time`), over the timed calls and one warm-up.
     """
-    results: dict[str, dict[str, float]] = {}
+    results: dict[str, dict[str, Any]] = {}
     for batch_size in batch_sizes:
         repeats = -(-batch_size // len(images))
         batch = tf.constant(np.concatenate([images] * repeats)[:batch_size])
@@ -112,13 +115,20 @@ def speed(
         def call(batch: tf.Tensor = batch) -> None:
             signature(**{signatures.IMAGE_INPUT: batch})[signatures.OUTPUT_PROBABILITY].numpy()
 
+        call()  # the first call of a new shape traces and allocates
         first = time_calls(call, rounds=1, calls_per_round=1)[0]
         calls_per_round = max(1, round(seconds_per_round / max(first, 1e-4)))
+        cpu_started = time.process_time()
         seconds = time_calls(call, rounds=rounds, calls_per_round=calls_per_round)
+        cpu_seconds = time.process_time() - cpu_started
         median = statistics.median(seconds)
         results[str(batch_size)] = {
             "ms_per_batch": round(median * 1000.0, 2),
             "images_per_second": round(batch_size / median, 2),
             "spread": round((max(seconds) - min(seconds)) / median, 3),
+            "round_rates": [round(batch_size / value, 2) for value in seconds],
+            "cpu_milliseconds_per_image": round(
+                1000.0 * cpu_seconds / ((1 + rounds * calls_per_round) * batch_size), 3
+            ),
         }
     return results

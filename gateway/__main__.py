@@ -1,11 +1,11 @@
 """`python -m gateway`: serve the gateway with uvicorn, settings from AIDETECT_GATEWAY_* variables.
 
-Options given here override the environment (handy for tests and `make run`).
+Every setting is also a command-line option (`python -m gateway --help`), which overrides the
+environment (handy for tests and `make run`).
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import sys
 import types
@@ -32,32 +32,20 @@ def use_tensorflow_protos_only() -> bool:
     return True
 
 
-def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m gateway",
-        description="The aidetect HTTP gateway: web page, /predict, /predict/batch, /ready, /metrics, /docs. "
-        "Every setting is an AIDETECT_GATEWAY_* environment variable (see .env.example); "
-        "these options override a few of them.",
-    )
-    parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="port to bind (default 8000; 0 picks a free one)")
-    parser.add_argument("--model-server", dest="model_server_address", help="model server gRPC host:port")
-    parser.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING, ...")
-    return parser.parse_args(argv)
-
-
 def main(argv: list[str] | None = None) -> None:
-    arguments = parse_arguments(argv)
     use_tensorflow_protos_only()
     # Imported here, after the line above: they import the protos.
     import uvicorn
+    from pydantic_settings import CliApp
 
-    from gateway.main import configure_logging, create_app
+    from common.logs import configure_logging
+    from gateway.main import create_app
     from gateway.server import with_head_timeout
     from gateway.settings import Settings
 
-    overrides = {name: value for name, value in vars(arguments).items() if value is not None}
-    settings = Settings(**overrides)
+    # Every setting is also an option (--model-server-address, --port, ...; `--help` lists them),
+    # which overrides its AIDETECT_GATEWAY_* variable: pydantic-settings' own command-line source.
+    settings = CliApp.run(Settings, cli_args=argv)
     configure_logging(settings.log_level)
     # uvicorn's access log is replaced by the gateway's own line (with request id and stage timings).
     uvicorn.run(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import re
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -41,12 +40,6 @@ REQUEST_ID_HEADER = "x-request-id"
 # A caller's request id is reused only when it is short and plain (it ends up in logs).
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 DOCS_ASSETS_PATH = "/docs-assets"
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
-
-
-def configure_logging(level: str = "INFO") -> None:
-    """Once, at the entry point: plain lines on stdout, greppable by request_id=."""
-    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stdout, force=True)
 
 
 def loggable_path(path: str) -> str:

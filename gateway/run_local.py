@@ -14,12 +14,15 @@ server outlives it. Exits 1 when either cannot start, showing why.
 
 from __future__ import annotations
 
-import argparse
 import signal
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
+
+import typer
 
 from common.model_config import DEFAULT_MODEL_NAME
 from common.processes import (
@@ -40,16 +43,15 @@ from common.repository import DEFAULT_BATCHING_FILE, REPO_ROOT, SERVING_FOLDER
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m gateway.run_local", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--gateway-port", type=int, default=8000)
-    parser.add_argument("--grpc-port", type=int, default=8500, help="model server gRPC port")
-    parser.add_argument("--rest-port", type=int, default=8501, help="model server REST port")
-    parser.add_argument("--models", type=Path, default=REPO_ROOT / "models", help="folder mapped to /models")
-    parser.add_argument("--model-config", type=Path, default=SERVING_FOLDER / "models.config")
-    parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME)
-    parser.add_argument("--ready-timeout", type=float, default=READY_TIMEOUT_SECONDS)
-    return parser.parse_args(argv)
+@dataclass(frozen=True)
+class RunOptions:
+    gateway_port: int = 8000
+    grpc_port: int = 8500
+    rest_port: int = 8501
+    models: Path = REPO_ROOT / "models"
+    model_config: Path = SERVING_FOLDER / "models.config"
+    model_name: str = DEFAULT_MODEL_NAME
+    ready_timeout: float = READY_TIMEOUT_SECONDS
 
 
 def check_port_free(port: int, what: str, option: str) -> None:
@@ -65,7 +67,7 @@ def check_port_free(port: int, what: str, option: str) -> None:
             ) from error
 
 
-def stack_processes(arguments: argparse.Namespace) -> tuple[ManagedProcess, ManagedProcess]:
+def stack_processes(arguments: RunOptions) -> tuple[ManagedProcess, ManagedProcess]:
     """The model server and the gateway of `make run`, writing to this terminal; both get SIGTERM
     if the launcher dies."""
     stack = stack_commands(
@@ -98,7 +100,7 @@ def stop(process: ManagedProcess) -> None:
     print(f"{process.name} stopped {'cleanly' if clean else f'with exit code {code}'}", flush=True)
 
 
-def run(arguments: argparse.Namespace) -> int:
+def run(arguments: RunOptions) -> int:
     check_models(arguments.models, arguments.model_name, arguments.model_config)
     check_port_free(arguments.grpc_port, "model server gRPC", "--grpc-port")
     check_port_free(arguments.rest_port, "model server REST", "--rest-port")
@@ -144,14 +146,24 @@ def run(arguments: argparse.Namespace) -> int:
     return exit_code
 
 
-def main(argv: list[str] | None = None) -> int:
-    arguments = parse_arguments(argv)
+def main(
+    gateway_port: Annotated[int, typer.Option(help="gateway HTTP port")] = RunOptions.gateway_port,
+    grpc_port: Annotated[int, typer.Option(help="model server gRPC port")] = RunOptions.grpc_port,
+    rest_port: Annotated[int, typer.Option(help="model server REST port")] = RunOptions.rest_port,
+    models: Annotated[Path, typer.Option(help="folder mapped to /models")] = RunOptions.models,
+    model_config: Annotated[Path, typer.Option(help="TF Serving models.config")] = RunOptions.model_config,
+    model_name: Annotated[str, typer.Option(help="the model the gateway asks for")] = RunOptions.model_name,
+    ready_timeout: Annotated[float, typer.Option(help="wait for /ready, s")] = RunOptions.ready_timeout,
+) -> None:
+    """`make run`: the local model server and the gateway on loopback, until Ctrl-C."""
+    options = RunOptions(gateway_port, grpc_port, rest_port, models, model_config, model_name, ready_timeout)
     try:
-        return run(arguments)
+        exit_code = run(options)
     except LaunchError as error:
         print(f"run_local: {error}", file=sys.stderr)
-        return 1
+        exit_code = 1
+    raise typer.Exit(exit_code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    typer.run(main)

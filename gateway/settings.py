@@ -28,7 +28,16 @@ VERSION_LABEL_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=None, extra="ignore")
+    """The aidetect HTTP gateway: web page, /predict, /predict/batch, /ready, /metrics, /docs.
+
+    Every setting is an AIDETECT_GATEWAY_* environment variable (.env.example lists them),
+    overridden by the option of the same name.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=None, extra="ignore",
+        cli_kebab_case=True, cli_prog_name="python -m gateway",
+    )  # fmt: skip
 
     # Where the gateway listens (`python -m gateway`). Loopback by default; the container sets 0.0.0.0.
     host: str = "127.0.0.1"

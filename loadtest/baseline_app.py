@@ -14,8 +14,8 @@ Not for production: it exists to be measured against.
 
 from __future__ import annotations
 
-import argparse
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import lru_cache
@@ -26,15 +26,19 @@ import numpy as np
 from fastapi import FastAPI, File, Request, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
 
+from common.logs import configure_logging
 from common.preprocessing import ImageInputError, decode_and_resize
 
 logger = logging.getLogger("loadtest.baseline_app")
 
 
 class BaselineSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="AIDETECT_BASELINE_", env_file=None, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="AIDETECT_BASELINE_", env_file=None, extra="ignore",
+        cli_kebab_case=True, cli_prog_name="python -m loadtest.baseline_app",
+    )  # fmt: skip
 
     keras_model: Path
     host: str = "127.0.0.1"
@@ -83,18 +87,9 @@ def create_app(settings: BaselineSettings | None = None) -> FastAPI:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m loadtest.baseline_app", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument(
-        "--keras-model", type=Path, help="the classifier as .keras (AIDETECT_BASELINE_KERAS_MODEL)"
-    )
-    parser.add_argument("--host", help="default 127.0.0.1")
-    parser.add_argument("--port", type=int, help="default 8100")
-    arguments = parser.parse_args(argv)
-    overrides = {name: value for name, value in vars(arguments).items() if value is not None}
-    settings = BaselineSettings(**overrides)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # AIDETECT_BASELINE_* variables, each overridden by its option (--keras-model, --host, --port).
+    settings = CliApp.run(BaselineSettings, cli_args=argv)
+    configure_logging(stream=sys.stderr)
     import uvicorn
 
     # uvicorn's access log stays on, as in the original (the gateway writes one line per request too).

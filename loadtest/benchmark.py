@@ -1,6 +1,7 @@
 """Benchmarks of the whole system, side by side in one run: `python -m loadtest.benchmark --help`.
 
-    python -m loadtest.benchmark --models resnet50 starter --repeats 3 --step-seconds 20
+    python -m loadtest.benchmark systems [--models resnet50,starter] [--repeats 3] [--step-seconds 20]
+    python -m loadtest.benchmark cpu-budget [--models resnet50,starter] [--repeats 3] [--seconds 20]
 
 For each model (ResNet50 with random weights, and the starter model) and each repeat, measured
 one after another on the same machine with the same uploads (../shared/data/uploads):
@@ -24,7 +25,6 @@ the range). The tables are written into docs/performance.md between its `benchma
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -36,7 +36,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import click
+import typer
 
 from common import model_config
 from common.machine import machine_description
@@ -54,10 +57,12 @@ from common.processes import (
 from common.repository import DEFAULT_BATCHING_FILE, REPO_ROOT, code_version
 from loadtest import generator, stages
 from loadtest.benchmark_models import (
+    DATA_DIRECTORY,
     BenchmarkModel,
     BenchmarkModelError,
     find_starter,
     prepare_resnet50,
+    write_random_resnet50_run,
 )
 from loadtest.benchmark_report import (
     BASELINE,
@@ -66,7 +71,7 @@ from loadtest.benchmark_report import (
     write_into,
 )
 from loadtest.generator import StepResult
-from loadtest.samples import MultipartUpload, load_uploads, multipart_upload
+from loadtest.samples import MultipartUpload, load_uploads, model_inputs, multipart_upload
 from loadtest.settings import P95_TARGET_MILLISECONDS, UPLOADS_DIRECTORY
 from loadtest.stack import LocalStack, StackError
 
@@ -316,12 +321,12 @@ def measure_raw(
     command = [
         sys.executable,
         "-m",
-        "loadtest.raw_model",
+        "loadtest.benchmark",
+        "raw",
         str(model.version_dir),
         f"--seconds={seconds}",
         f"--uploads={uploads_directory}",
-        "--batch-sizes",
-        *(str(size) for size in batch_sizes),
+        f"--batch-sizes={','.join(str(size) for size in batch_sizes)}",
     ]
     completed = subprocess.run(
         command,
@@ -408,110 +413,188 @@ def run_benchmark(
 
 # ---------------------------------------------------------------- command line
 
+app = typer.Typer(help=__doc__.split("\n\n")[0], no_args_is_help=True, add_completion=False)
 
-def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m loadtest.benchmark", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument(
-        "--models", nargs="+", choices=("resnet50", "starter"), default=["resnet50", "starter"]
-    )
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--step-seconds", type=float, default=20.0, help="length of each measurement step")
-    parser.add_argument("--warmup-seconds", type=float, default=5.0)
-    parser.add_argument("--concurrency", type=int, default=16, help="clients of the saturation step")
-    parser.add_argument("--search-steps", type=int, default=5, help="bisection steps on the arrival rate")
-    parser.add_argument("--p95-target-ms", type=float, default=P95_TARGET_MILLISECONDS)
-    parser.add_argument("--raw-seconds", type=float, default=6.0, help="per batch size, in process")
-    parser.add_argument("--raw-batch-sizes", type=int, nargs="+", default=[1, 4, 8, 16, 32])
-    parser.add_argument(
-        "--batching-configs",
-        type=Path,
-        nargs="+",
-        default=[DEFAULT_BATCHING_FILE],
-        help="one stack per file (the first is 'the stack'); plus one without batching",
-    )
-    parser.add_argument("--no-unbatched", action="store_true", help="skip the stack without batching")
-    parser.add_argument(
-        "--resnet50-variant",
-        default="folded",
-        help="export variant of the ResNet50 model (default: folded, what the starter model serves; "
-        "auto measures every variant first, XLA ones included, which takes long on this CPU)",
-    )
-    parser.add_argument("--models-dir", type=Path, default=REPO_ROOT / "models", help="where the starter is")
-    parser.add_argument(
-        "--starter-keras", type=Path, help="the starter's model.keras (default: its card's run)"
-    )
-    parser.add_argument("--uploads", type=Path, default=UPLOADS_DIRECTORY)
-    parser.add_argument("--work-dir", type=Path, default=REPO_ROOT / "results" / "benchmark")
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="markdown file to write into")
-    parser.add_argument(
-        "--from-json",
-        type=Path,
-        help="measure nothing: write the section from an earlier run's benchmark.json",
-    )
-    return parser.parse_args(argv)
+ModelKeys = Annotated[str, typer.Option("--models", help="comma-separated: resnet50, starter")]
+Resnet50Variant = Annotated[
+    str,
+    typer.Option(
+        help="export variant of the ResNet50 model (folded: what the starter model serves; "
+        "auto measures every variant first)"
+    ),
+]
+ModelsDir = Annotated[Path, typer.Option(help="where the starter model is")]
+Uploads = Annotated[Path, typer.Option(help="upload samples folder")]
+WorkDir = Annotated[Path, typer.Option(help="prepared models and results/<stamp>/")]
+Output = Annotated[Path, typer.Option(help="markdown file to write the section into")]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    arguments = parse_arguments(argv)
-    settings = BenchmarkSettings(
-        repeats=arguments.repeats,
-        step_seconds=arguments.step_seconds,
-        warmup_seconds=arguments.warmup_seconds,
-        concurrency=arguments.concurrency,
-        search_steps=arguments.search_steps,
-        p95_target_ms=arguments.p95_target_ms,
-        raw_seconds=arguments.raw_seconds,
-        raw_batch_sizes=arguments.raw_batch_sizes,
+def split_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def prepare_models(
+    keys: list[str], work_dir: Path, resnet50_variant: str, models_dir: Path, log_path: Path,
+    starter_keras: Path | None = None, require_keras_model: bool = True,
+) -> list[BenchmarkModel]:  # fmt: skip
+    unknown = sorted(set(keys) - {"resnet50", "starter"})
+    if unknown or not keys:
+        raise BenchmarkError(f"--models are some of resnet50, starter; got {keys}")
+    models = []
+    for key in keys:
+        print(f"preparing {key} ...", flush=True)
+        if key == "resnet50":
+            models.append(prepare_resnet50(work_dir, resnet50_variant, log_path))
+        else:
+            models.append(
+                find_starter(models_dir, keras_model=starter_keras, require_keras_model=require_keras_model)
+            )
+    return models
+
+
+def new_results_folder(work_dir: Path) -> Path:
+    folder = work_dir / datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def given_options(context: typer.Context) -> str:
+    """The options given on the command line, for the report's "generated by" line."""
+    return " ".join(
+        f"--{name.replace('_', '-')}={value}"
+        for name, value in context.params.items()
+        if context.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
     )
-    if arguments.from_json is not None:
-        results = json.loads(arguments.from_json.read_text())
-        section = render_report(results, BenchmarkSettings(**results["settings"]), results["command_line"])
-        write_into(arguments.output, section)
-        print(f"written into {arguments.output} from {arguments.from_json}")
-        return 0
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    results_folder = arguments.work_dir / stamp
-    results_folder.mkdir(parents=True, exist_ok=True)
+
+
+def run_or_exit(name: str, measure: Callable[[], Any]) -> Any:
+    """Run a measurement; its errors become a message and exit code 1 (servers stopped on the way)."""
     try:
-        models = []
-        for key in arguments.models:
-            print(f"preparing {key} ...", flush=True)
-            if key == "resnet50":
-                models.append(
-                    prepare_resnet50(
-                        arguments.work_dir, arguments.resnet50_variant, results_folder / "prepare.log"
-                    )
-                )
-            else:
-                models.append(find_starter(arguments.models_dir, keras_model=arguments.starter_keras))
-        specs = system_specs(arguments.batching_configs, include_no_batching=not arguments.no_unbatched)
-        results = run_benchmark(models, specs, settings, arguments.uploads, results_folder)
+        return measure()
     except (BenchmarkModelError, BenchmarkError, StackError) as error:
-        print(f"benchmark: {error}", file=sys.stderr)
-        return 1
+        print(f"{name}: {error}", file=sys.stderr)
     except StopRequestedError as stop:
-        print(f"benchmark: {stop.args[0]}: stopped (its servers are stopped too)", file=sys.stderr)
-        return 1
-    command_line = "python -m loadtest.benchmark " + " ".join(sys.argv[1:] if argv is None else argv)
+        print(f"{name}: {stop.args[0]}: stopped (its servers are stopped too)", file=sys.stderr)
+    raise typer.Exit(1)
+
+
+@app.command()
+def systems(
+    context: typer.Context,
+    models: ModelKeys = "resnet50,starter",
+    repeats: int = 3,
+    step_seconds: Annotated[float, typer.Option(help="length of each measurement step")] = 20.0,
+    warmup_seconds: float = 5.0,
+    concurrency: Annotated[int, typer.Option(help="clients of the saturation step")] = 16,
+    search_steps: Annotated[int, typer.Option(help="bisection steps on the arrival rate")] = 5,
+    p95_target_ms: float = P95_TARGET_MILLISECONDS,
+    raw_seconds: Annotated[float, typer.Option(help="per batch size, in process")] = 6.0,
+    raw_batch_sizes: Annotated[str, typer.Option(help="comma-separated")] = "1,4,8,16,32",
+    batching_configs: Annotated[
+        str, typer.Option(help="comma-separated; one stack per file (the first is 'the stack')")
+    ] = str(DEFAULT_BATCHING_FILE),
+    no_unbatched: Annotated[bool, typer.Option(help="skip the stack without batching")] = False,
+    resnet50_variant: Resnet50Variant = "folded",
+    models_dir: ModelsDir = REPO_ROOT / "models",
+    starter_keras: Annotated[
+        Path | None, typer.Option(help="the starter's model.keras (default: its card's run)")
+    ] = None,
+    uploads: Uploads = UPLOADS_DIRECTORY,
+    work_dir: WorkDir = REPO_ROOT / "results" / "benchmark",
+    output: Output = DEFAULT_OUTPUT,
+    from_json: Annotated[
+        Path | None, typer.Option(help="measure nothing: write the section from an earlier benchmark.json")
+    ] = None,
+) -> None:
+    """Raw ceiling, the stack (batching on and off) and the baseline, side by side (about an hour)."""
+    if from_json is not None:
+        results = json.loads(from_json.read_text())
+        section = render_report(results, BenchmarkSettings(**results["settings"]), results["command_line"])
+        write_into(output, section)
+        print(f"written into {output} from {from_json}")
+        return
+    settings = BenchmarkSettings(
+        repeats, step_seconds, warmup_seconds, concurrency, search_steps, p95_target_ms, raw_seconds,
+        [int(size) for size in split_list(raw_batch_sizes)],
+    )  # fmt: skip
+    results_folder = new_results_folder(work_dir)
+    specs = system_specs([Path(file) for file in split_list(batching_configs)], not no_unbatched)
+    results = run_or_exit(
+        "benchmark",
+        lambda: run_benchmark(
+            prepare_models(split_list(models), work_dir, resnet50_variant, models_dir,
+                           results_folder / "prepare.log", starter_keras),
+            specs, settings, uploads, results_folder,
+        ),
+    )  # fmt: skip
+    command_line = f"python -m loadtest.benchmark systems {given_options(context)}".strip()
     results |= {
         "settings": settings.__dict__,
         "command_line": command_line,
         "machine": machine_description(),
         "code_version": code_version(),
         "written_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "results_folder": display_path(results_folder),
     }
-    results["results_folder"] = display_path(results_folder)
     (results_folder / "benchmark.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     section = render_report(results, settings, command_line)
-    write_into(arguments.output, section)
+    write_into(output, section)
     print(section)
-    print(f"\nwritten into {arguments.output}; raw numbers in {results_folder / 'benchmark.json'}")
-    return 0
+    print(f"\nwritten into {output}; raw numbers in {results_folder / 'benchmark.json'}")
+
+
+@app.command("cpu-budget")
+def cpu_budget_command(
+    models: ModelKeys = "resnet50,starter",
+    repeats: Annotated[int, typer.Option(help="raw model + fresh stack, each time")] = 3,
+    seconds: Annotated[float, typer.Option(help="closed-loop time per row")] = 20.0,
+    concurrency: int = 16,
+    raw_seconds: Annotated[float, typer.Option(help="per batch size, in process")] = 6.0,
+    resnet50_variant: Resnet50Variant = "folded",
+    models_dir: ModelsDir = REPO_ROOT / "models",
+    uploads: Uploads = UPLOADS_DIRECTORY,
+    work_dir: WorkDir = REPO_ROOT / "results" / "benchmark",
+    output: Output = DEFAULT_OUTPUT,
+) -> None:
+    """Core-milliseconds per request, process by process, at saturation (about 12 minutes)."""
+    from loadtest import cpu_budget
+
+    results_folder = new_results_folder(work_dir)
+    settings = cpu_budget.BudgetSettings(repeats, seconds, concurrency, raw_seconds)
+    run_or_exit(
+        "cpu-budget",
+        lambda: cpu_budget.run_budget(
+            prepare_models(split_list(models), work_dir, resnet50_variant, models_dir,
+                           results_folder / "prepare.log", require_keras_model=False),
+            settings, uploads, results_folder, output,
+        ),
+    )  # fmt: skip
+
+
+@app.command(hidden=True)
+def raw(
+    version_dir: Annotated[Path, typer.Argument(help="a SavedModel version folder")],
+    batch_sizes: Annotated[str, typer.Option(help="comma-separated")] = "1,4,8,16,32",
+    seconds: Annotated[float, typer.Option(help="per batch size, all rounds together")] = 4.0,
+    rounds: int = 3,
+    uploads: Uploads = UPLOADS_DIRECTORY,
+) -> None:
+    """(A child process of the two above) the raw ceiling as JSON on stdout: loadtest/raw_model.py."""
+    from loadtest import raw_model
+
+    images = model_inputs(load_uploads(uploads))
+    sizes = [int(size) for size in split_list(batch_sizes)]
+    print(json.dumps(raw_model.measure(version_dir, images, sizes, seconds, rounds)))
+
+
+@app.command("resnet50-run", hidden=True)
+def resnet50_run(run_dir: Path, data: Path = DATA_DIRECTORY) -> None:
+    """(A child process of the model preparation) write the random-weight ResNet50 run folder."""
+    write_random_resnet50_run(run_dir, data)
+    print(f"wrote {run_dir}")
 
 
 if __name__ == "__main__":
     # SIGTERM unwinds like Ctrl-C, so the servers this run started are stopped on the way out.
     signal.signal(signal.SIGTERM, raise_stop)
-    sys.exit(main())
+    app(prog_name="python -m loadtest.benchmark")

@@ -7,12 +7,11 @@
 - `starter`: the repository's model, `models/ai_detector/<highest version>`, and the Keras model
   of the training run named in its model card (for the baseline, which loads Keras models).
 
-    python -m loadtest.benchmark_models resnet50-run DIR    # (internal) write the random-weight run
+    python -m loadtest.benchmark resnet50-run DIR    # (internal) write the random-weight run
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import subprocess
@@ -87,7 +86,7 @@ def prepare_resnet50(work_dir: Path, variant: str, log_path: Path) -> BenchmarkM
     with log_path.open("ab") as log:
         steps = []
         if not (run_dir / "model.keras").is_file():
-            steps.append([sys.executable, "-m", "loadtest.benchmark_models", "resnet50-run", str(run_dir)])
+            steps.append([sys.executable, "-m", "loadtest.benchmark", "resnet50-run", str(run_dir)])
         steps.append(
             [
                 sys.executable,
@@ -156,21 +155,3 @@ def find_starter(
         keras_model=keras_model,
         card=card,
     )
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m loadtest.benchmark_models", description=__doc__.split("\n\n")[0]
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    resnet = commands.add_parser("resnet50-run", help="write the random-weight ResNet50 run folder")
-    resnet.add_argument("run_dir", type=Path)
-    resnet.add_argument("--data", type=Path, default=DATA_DIRECTORY)
-    arguments = parser.parse_args(argv)
-    write_random_resnet50_run(arguments.run_dir, arguments.data)
-    print(f"wrote {arguments.run_dir}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

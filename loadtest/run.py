@@ -1,11 +1,11 @@
 """Headless load test: `make loadtest` / `python -m loadtest.run --help`.
 
     python -m loadtest.run --users 10 --spawn-rate 2 --duration 60s            # starts the local stack
-    python -m loadtest.run --url http://127.0.0.1:8000 --model-server 127.0.0.1:8500   # a running one
+    python -m loadtest.run --gateway-url http://127.0.0.1:8000 --model-server-address 127.0.0.1:8500
 
 Runs Locust (loadtest/locustfile.py) headless against the gateway (and the model server's gRPC
 API), then judges the run: exit code 0 when no request failed and every p95 is within the limit
-(200 ms by default), 1 when not, 2 when the test could not run. Without `--url` the local model
+(200 ms by default), 1 when not, 2 when the test could not run. Without `--gateway-url` the local model
 server and gateway are started on free loopback ports (the commands of `make run`) and stopped
 afterwards. Writes to `results/loadtest/<UTC timestamp>/`: Locust's CSV and HTML reports,
 `requests.csv` (every request), `latency.png` (latency over time), `summary.json` (settings,
@@ -14,7 +14,6 @@ verdict, percentiles, the CPU other processes used meanwhile) and the stack's lo
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import signal
@@ -23,11 +22,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic_settings import CliApp
+
 from common.machine import OtherLoad, OtherLoadMonitor, machine_description
 from common.processes import StopRequestedError, raise_stop
 from common.repository import REPO_ROOT, code_version
 from loadtest import report
-from loadtest.settings import GRPC_USER, USER_CLASSES, Settings
+from loadtest.settings import GRPC_USER, Settings
 from loadtest.stack import LocalStack, StackError
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
@@ -36,39 +37,10 @@ STOP_TIMEOUT_SECONDS = 10
 EXIT_PASSED, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
 
 
-def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m loadtest.run",
-        description="Headless Locust run against the gateway (and model server); fails on a p95 over the "
-        "limit or any failed request. Every option is also an AIDETECT_LOADTEST_* variable.",
-    )
-    parser.add_argument("--users", type=int, help="simulated users (default 10)")
-    parser.add_argument("--spawn-rate", type=float, help="users started per second (default 2)")
-    parser.add_argument("--duration", help="run time, e.g. 60s, 5m (default 60s)")
-    parser.add_argument("--wait-min", dest="wait_min_seconds", type=float, help="think time min, s (0.5)")
-    parser.add_argument("--wait-max", dest="wait_max_seconds", type=float, help="think time max, s (1.5)")
-    parser.add_argument(
-        "--user-classes", nargs="+", choices=USER_CLASSES, help=f"default: {' '.join(USER_CLASSES)}"
-    )
-    parser.add_argument("--url", dest="gateway_url", help="a running gateway; default: start the local stack")
-    parser.add_argument(
-        "--model-server", dest="model_server_address", help="its model server's gRPC host:port"
-    )
-    parser.add_argument("--model-name", help="default ai_detector")
-    parser.add_argument("--version-label", help='label the gRPC user asks for (default stable; "" = latest)')
-    parser.add_argument("--models", dest="models_directory", type=Path, help="models folder for the stack")
-    parser.add_argument("--model-config", dest="model_config_file", type=Path, help="models.config for it")
-    parser.add_argument("--uploads", dest="uploads_directory", type=Path, help="upload samples folder")
-    parser.add_argument(
-        "--p95-limit-ms", dest="p95_limit_milliseconds", type=float, help="default 200; 0 = no latency check"
-    )
-    parser.add_argument("--results", dest="results_directory", type=Path, help="default results/loadtest")
-    return parser.parse_args(argv)
-
-
-def build_settings(arguments: argparse.Namespace) -> Settings:
-    overrides = {name: value for name, value in vars(arguments).items() if value is not None}
-    return Settings(**overrides)
+def build_settings(argv: list[str] | None = None) -> Settings:
+    """The settings: AIDETECT_LOADTEST_* variables, each overridden by its option (`--help` lists
+    them), with pydantic-settings' own command-line source."""
+    return CliApp.run(Settings, cli_args=argv)
 
 
 def locust_command(
@@ -204,7 +176,7 @@ def execute(settings: Settings, output: Path) -> Outcome:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        settings = build_settings(parse_arguments(argv))
+        settings = build_settings(argv)
     except ValueError as error:
         print(f"loadtest: {error}", file=sys.stderr)
         return EXIT_ERROR

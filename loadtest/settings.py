@@ -28,7 +28,13 @@ USER_CLASSES = (GATEWAY_USER, GRPC_USER)
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=None, extra="ignore")
+    """Headless Locust run against the gateway (and the model server); fails on a p95 over the
+    limit or any failed request. Every option is also an AIDETECT_LOADTEST_* variable."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=None, extra="ignore",
+        cli_kebab_case=True, cli_prog_name="python -m loadtest.run",
+    )  # fmt: skip
 
     # Load shape: simulated users, how many start per second, how long the test runs (Locust's
     # time strings: 90s, 5m, 1h30m).

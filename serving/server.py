@@ -27,6 +27,7 @@ from typing import Any
 import uvicorn
 
 from common import model_config
+from common.logs import configure_logging
 from serving.batching import BatchingOptions, BatchScheduler
 from serving.grpc_api import HealthReporter, create_grpc_server, server_credentials
 from serving.metrics import ServerMetrics, prometheus_path_from_monitoring_config
@@ -245,11 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         print(f"invalid settings: {error}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level,
-        stream=sys.stdout,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings.log_level, stream=sys.stderr)  # TF Serving logs to stderr
     stop_requested = threading.Event()
 
     def request_stop(signal_number: int, frame: FrameType | None) -> None:

@@ -22,6 +22,7 @@ import functools
 import hashlib
 import json
 import logging
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -33,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 import typer
 
+from common.logs import configure_logging
 from common.preprocessing import IMAGE_SIZE
 from training import features, recipes
 from training.data import Example, calibration_indices, load_examples
@@ -315,7 +317,7 @@ def run(
     ] = 1000,
 ) -> None:
     """Run LOSO for the given recipes; print the table; write loso.json and loso.md."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(stream=sys.stderr)
     report = run_loso(
         data, [name.strip() for name in recipe_names.split(",") if name.strip()], cache, output,
         limit_per_source_split, bootstrap_rounds,
@@ -333,7 +335,7 @@ def compute_features(
     cache: Annotated[Path, typer.Option(help="Feature cache folder")] = Path("runs/features"),
 ) -> None:
     """Compute (or confirm cached) features for every image of a data set, one view at a time."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(stream=sys.stderr)
     examples = load_examples(data)
     for view in views.split(","):
         matrix = features.extract(examples, backbone, view.strip(), cache)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -20,6 +21,7 @@ from typing import Annotated, Any
 import typer
 
 from common import signatures
+from common.logs import configure_logging
 from common.machine import describe_machine
 from common.repository import code_version
 from training import run_folder
@@ -270,7 +272,7 @@ def main(
     ),
 ) -> None:
     """Train a detector on labelled images, then evaluate it on val (calibration, threshold) and test."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(stream=sys.stderr)
     from training.evaluate import summary_line
 
     if recipe is not None:

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from common.preprocessing import IMAGE_SIZE
 from loadtest import benchmark, benchmark_report
@@ -40,8 +41,10 @@ def test_benchmark_measures_every_system_and_writes_its_section(uploads_dir: Pat
         f"{benchmark_report.BEGIN_MARKER}\nold numbers\n{benchmark_report.END_MARKER}\n\nprose after\n"
     )
     work = tmp_path / "work"
-    exit_code = benchmark.main(
+    result = CliRunner().invoke(
+        benchmark.app,
         [
+            "systems",
             "--models=starter",
             f"--models-dir={models}",
             f"--starter-keras={keras_model}",
@@ -52,14 +55,13 @@ def test_benchmark_measures_every_system_and_writes_its_section(uploads_dir: Pat
             "--search-steps=1",
             "--concurrency=4",
             "--raw-seconds=0.3",
-            "--raw-batch-sizes",
-            "1",
-            "2",
+            "--raw-batch-sizes=1,2",
             f"--work-dir={work}",
             f"--output={document}",
-        ]
+        ],
+        catch_exceptions=False,
     )
-    assert exit_code == 0
+    assert result.exit_code == 0, result.output
 
     text = document.read_text()
     assert text.startswith("# Performance\n\nprose before\n") and text.endswith("\n\nprose after\n")

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from typer.testing import CliRunner
 
 from common.preprocessing import IMAGE_SIZE, decode_and_resize
-from loadtest import cpu_budget
+from loadtest import benchmark, cpu_budget
 from loadtest.samples import load_uploads
 from tests.serving.local_server_support import build_tiny_saved_model
 
@@ -37,8 +38,10 @@ def test_cpu_budget_accounts_every_process_and_writes_its_section(uploads_dir: P
         "# Performance\n\nprose before\n\n"
         f"{cpu_budget.BEGIN_MARKER}\nold\n{cpu_budget.END_MARKER}\n\nprose after\n"
     )
-    exit_code = cpu_budget.main(
+    result = CliRunner().invoke(
+        benchmark.app,
         [
+            "cpu-budget",
             "--models=starter",
             f"--models-dir={models}",
             f"--uploads={uploads_dir}",
@@ -46,11 +49,12 @@ def test_cpu_budget_accounts_every_process_and_writes_its_section(uploads_dir: P
             "--repeats=1",
             "--concurrency=4",
             "--raw-seconds=0.3",
-            f"--results-dir={tmp_path / 'results'}",
+            f"--work-dir={tmp_path / 'results'}",
             f"--output={document}",
-        ]
+        ],
+        catch_exceptions=False,
     )
-    assert exit_code == 0
+    assert result.exit_code == 0, result.output
     text = document.read_text()
     assert text.startswith("# Performance\n\nprose before\n") and text.endswith("\n\nprose after\n")
     assert "\nold\n" not in text and "pre-resized to canonical 256x256 PNG" in text

@@ -206,9 +206,9 @@ def test_the_run_exits_2_when_there_is_no_model_to_serve(
     )
     exit_code = run.main(
         [
-            f"--models={tmp_path / 'models'}",
-            f"--model-config={config_file}",
-            f"--results={tmp_path / 'results'}",
+            f"--models-directory={tmp_path / 'models'}",
+            f"--model-config-file={config_file}",
+            f"--results-directory={tmp_path / 'results'}",
         ]
     )
     assert exit_code == run.EXIT_ERROR

@@ -54,7 +54,7 @@ def test_model_server_command_line_in_tf_serving_flag_names(tmp_path: Path) -> N
 def test_gateway_command_line_and_settings() -> None:
     gateway = GatewayFlags(port=8000, model_server="127.0.0.1:8500")
     assert gateway.command()[1:] == [
-        "-m", "gateway", "--host=127.0.0.1", "--port=8000", "--model-server=127.0.0.1:8500",
+        "-m", "gateway", "--host=127.0.0.1", "--port=8000", "--model-server-address=127.0.0.1:8500",
     ]  # fmt: skip
     assert gateway.url == "http://127.0.0.1:8000"
     assert gateway_settings(rate_limit_per_minute="5") == {"AIDETECT_GATEWAY_RATE_LIMIT_PER_MINUTE": "5"}
