@@ -284,8 +284,9 @@ class RestApi:
         finally:
             self._metrics.in_flight_requests.increment("REST", amount=-1)
             known = spec.name if spec.name in self._manager.model_names() else None
+            # TF Serving's REST handler labels its requests api="predict", lower case.
             self._metrics.record_request(
-                known, status, time.monotonic() - started, api="Predict", entrypoint="REST"
+                known, status, time.monotonic() - started, api="predict", entrypoint="REST"
             )
 
     async def _read_body(self, request: Request) -> bytes:

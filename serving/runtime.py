@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import numpy as np
 from tensorflow.core.framework import tensor_shape_pb2
-from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+from tensorflow.core.protobuf import config_pb2, meta_graph_pb2, saved_model_pb2
 
 from common import tensors
 from common.tensors import dtype_name
@@ -148,11 +148,16 @@ def configure_tensorflow_threads(intra_op_threads: int, inter_op_threads: int) -
 
 
 class TensorFlowRuntime:
-    """The reference runtime: tf.saved_model.load and the concrete signature functions.
+    """TF Serving's code path: the SavedModel's `serve` MetaGraph loaded into a TF1 Session, each
+    signature run by tensor name as a Session callable.
 
-    TF Serving runs the same graph through a TF1 Session; outputs agree to float precision
-    (see ../shared/perf/resnet50-cpu-runtimes.md: tf_sm_fp32 vs tf_sess_fp32). Calls release the
-    GIL while TensorFlow computes, so concurrent requests and batch threads overlap.
+    As in TF Serving, inputs reach the graph as they came: no shape check against the signature
+    (TF Serving's own tests feed `x` shaped [1] to half_plus_two's [-1,1]), so a shape the graph
+    cannot run fails in it, as INVALID_ARGUMENT. TF1 graphs that TensorFlow 2's object loader
+    cannot wrap as functions (reference variables, as in TF Serving's `saved_model_counter`) run
+    too, with their state kept in the session between calls. Outputs agree with
+    tf.saved_model.load to float precision at the same speed (../shared/perf/resnet50-cpu-runtimes.md:
+    tf_sess_fp32 vs tf_sm_fp32). Session calls release the GIL, so concurrent requests overlap.
     """
 
     kind = "tensorflow"
@@ -162,34 +167,58 @@ class TensorFlowRuntime:
 
         self._tf = tf
         self._signatures = read_signatures(version_path)
-        self._loaded = tf.saved_model.load(str(version_path), tags=["serve"])
-        self._functions = {name: self._loaded.signatures[name] for name in self._signatures}
+        self._graph = tf.Graph()
+        # config None: the process-wide thread settings (configure_tensorflow_threads).
+        self._session = tf.compat.v1.Session(graph=self._graph)
+        with self._graph.as_default():
+            tf.compat.v1.saved_model.loader.load(self._session, ["serve"], str(version_path))
+        self._callables: dict[tuple[str, tuple[str, ...]], tuple[list[str], Callable[..., Any]]] = {}
+        self._callables_lock = threading.Lock()
 
     def signatures(self) -> dict[str, SignatureSpec]:
         return dict(self._signatures)
 
+    def _callable(
+        self, signature_name: str, input_names: tuple[str, ...]
+    ) -> tuple[list[str], Callable[..., Any]]:
+        """(output aliases, a Session callable fed `input_names`), made once per signature and inputs."""
+        key = (signature_name, input_names)
+        with self._callables_lock:
+            if key not in self._callables:
+                spec = self._signatures[signature_name]
+                output_names = sorted(spec.outputs)
+                options = config_pb2.CallableOptions(
+                    feed=[spec.inputs[name].tensor_name for name in input_names],
+                    fetch=[spec.outputs[name].tensor_name for name in output_names],
+                )
+                # The C++ callable, as TF Serving calls Session::Run: Session.make_callable's Python
+                # wrapper would refuse feeds whose shape differs from the placeholder's.
+                self._callables[key] = (output_names, self._session._make_callable_from_options(options))
+            return self._callables[key]
+
     def run(self, signature_name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         tf = self._tf
-        function = self._functions[signature_name]
-        tensors = {name: tf.constant(value) for name, value in inputs.items()}
+        input_names = tuple(sorted(inputs))
         try:
-            outputs = function(**tensors)
+            output_names, call = self._callable(signature_name, input_names)
+            values = call(*(inputs[name] for name in input_names))
         except tf.errors.InvalidArgumentError as error:
             raise InvalidArgumentError(error.message) from error
         except tf.errors.OpError as error:
             raise InternalError(error.message) from error
-        return {name: tensor.numpy() for name, tensor in outputs.items()}
+        except (TypeError, ValueError) as error:  # a feed numpy cannot convert to the tensor's dtype
+            raise InvalidArgumentError(str(error)) from error
+        return {name: np.asarray(value) for name, value in zip(output_names, values, strict=True)}
 
     def close(self) -> None:
-        # Dropping the references frees the variables; TF keeps no other per-model state here.
-        self._functions = {}
-        del self._loaded
+        self._callables = {}
+        self._session.close()
 
 
 # ---------------------------------------------------------------- loading
 
 RuntimeFactory = Callable[[Path], Runtime]
-RUNTIME_LABEL = "tensorflow"  # TF Serving's `runtime` label of its latency metrics for SavedModels
+RUNTIME_LABEL = "TF1"  # TF Serving's `runtime` label of its latency metrics for SavedModels (Session runs)
 
 
 def load_runtime(version_path: Path) -> Runtime:

@@ -101,8 +101,8 @@ SERVER_METRICS = """
 :tensorflow:serving:request_latency_sum{{model_name="ai_detector",API="Predict",entrypoint="GRPC"}} {request}
 :tensorflow:serving:request_latency_count{{model_name="ai_detector",API="Predict",entrypoint="GRPC"}} {count}
 # TYPE :tensorflow:serving:runtime_latency histogram
-:tensorflow:serving:runtime_latency_sum{{model_name="ai_detector",runtime="tensorflow"}} {runtime}
-:tensorflow:serving:runtime_latency_count{{model_name="ai_detector",runtime="tensorflow"}} {batches}
+:tensorflow:serving:runtime_latency_sum{{model_name="ai_detector",runtime="TF1"}} {runtime}
+:tensorflow:serving:runtime_latency_count{{model_name="ai_detector",runtime="TF1"}} {batches}
 # TYPE :tensorflow:serving:batching_session:queuing_latency histogram
 :tensorflow:serving:batching_session:queuing_latency_sum{{thread_pool_name="batch_threads"}} {queue}
 :tensorflow:serving:batching_session:queuing_latency_count{{thread_pool_name="batch_threads"}} {count}
