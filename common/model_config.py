@@ -30,7 +30,8 @@ def parse(text: str) -> ModelServerConfig:
     try:
         text_format.Parse(text, config)
     except text_format.ParseError as error:
-        raise ModelConfigError(f"not a valid ModelServerConfig: {error}") from error
+        # TF Serving's words, so tools that grep its logs find ours too.
+        raise ModelConfigError(f"Error parsing text-format {config.DESCRIPTOR.full_name}: {error}") from error
     return config
 
 

@@ -55,6 +55,10 @@ class UnimplementedError(ServingError):
     code = grpc.StatusCode.UNIMPLEMENTED
 
 
+class DeadlineExceededError(ServingError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 class InternalError(ServingError):
     code = grpc.StatusCode.INTERNAL
 

@@ -274,6 +274,21 @@ def server_credentials(ssl_config_text: str) -> grpc.ServerCredentials:
     )
 
 
+def parse_channel_arguments(text: str) -> list[tuple[str, int | str]]:
+    """TF Serving's --grpc_channel_arguments: `key=value[,key=value...]`, a value that parses as an
+    integer passed as one (e.g. grpc.max_connection_age_ms=2000,grpc.lb_policy_name=grpclb)."""
+    arguments: list[tuple[str, int | str]] = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, separator, value = item.partition("=")
+        if not separator or not key:
+            raise ValueError(f"--grpc_channel_arguments: {item!r} is not key=value")
+        try:
+            arguments.append((key, int(value)))
+        except ValueError:
+            arguments.append((key, value))
+    return arguments
+
+
 def create_grpc_server(
     manager: ModelManager,
     metrics: ServerMetrics,
@@ -285,9 +300,12 @@ def create_grpc_server(
     as_tensor_content: bool = False,
     allow_reload: bool = False,
     credentials: grpc.ServerCredentials | None = None,
+    channel_arguments: str = "",
+    socket_path: str = "",
 ) -> grpc.Server:
-    """A started-later gRPC server bound to `address` (raises RuntimeError when the port is taken);
-    TLS when `credentials` are given."""
+    """A started-later gRPC server bound to `address` (raises RuntimeError when the port is taken),
+    and to the Unix socket `socket_path` when given; TLS when `credentials` are given;
+    `channel_arguments` as TF Serving's --grpc_channel_arguments."""
     server = grpc.server(
         ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="grpc"),
         options=[
@@ -295,6 +313,7 @@ def create_grpc_server(
             ("grpc.max_receive_message_length", max_message_bytes),
             # Fail on a taken port instead of silently sharing it with another server.
             ("grpc.so_reuseport", 0),
+            *parse_channel_arguments(channel_arguments),
         ],
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
@@ -315,4 +334,6 @@ def create_grpc_server(
     )
     if bound == 0:
         raise RuntimeError(f"could not bind the gRPC server to {address}")
+    if socket_path and server.add_insecure_port(f"unix:{socket_path}") == 0:
+        raise RuntimeError(f"could not bind the gRPC server to the Unix socket {socket_path}")
     return server

@@ -14,7 +14,8 @@
   END) only once an aspired version is AVAILABLE (or nothing is aspired any more), and only
   after the requests using it have finished.
 - Version labels follow TF Serving's rule: a label may only point at an AVAILABLE version
-  (unless --allow_version_labels_for_unavailable_models); a config breaking it is refused
+  (with --allow_version_labels_for_unavailable_models a new label may name any version, but
+  moving an existing label still needs an AVAILABLE version); a config breaking it is refused
   with FAILED_PRECONDITION and the previous labels stay.
 - A request without a version gets the highest AVAILABLE version ("latest").
 """
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
@@ -117,6 +118,9 @@ def parse_prefix_map(text: str) -> list[tuple[str, Path]]:
     return sorted(pairs, key=lambda pair: len(pair[0]), reverse=True)
 
 
+FILE_URI = "file://"
+
+
 def map_base_path(base_path: str, prefix_map: Sequence[tuple[str, Path]]) -> Path:
     """The local folder of a config's base path.
 
@@ -124,6 +128,12 @@ def map_base_path(base_path: str, prefix_map: Sequence[tuple[str, Path]]) -> Pat
     a mapped prefix are served, and they must stay inside its folder after `..` and symbolic links
     are resolved: a config (from a file or HandleReloadConfigRequest) cannot point the server at
     any other folder, since loading a SavedModel runs its graph."""
+    if base_path.startswith(FILE_URI):  # TF Serving reads file:// URIs from the file system
+        base_path = base_path[len(FILE_URI) :]
+    elif "://" in base_path:
+        raise InvalidArgumentError(
+            f"base path {base_path}: only local paths and file:// URIs are served here"
+        )
     if not prefix_map:
         return Path(base_path)
     for prefix, local in prefix_map:
@@ -151,20 +161,20 @@ def aspired_versions(model: model_config.ModelConfig, on_disk: dict[int, Path]) 
 
 
 def read_tfrecords(path: Path) -> Iterator[bytes]:
-    """Records of a TFRecord file (length, masked CRC, data, masked CRC); CRCs are not checked."""
-    with path.open("rb") as stream:
-        while header := stream.read(12):
-            if len(header) < 12:
-                raise DataLossError(f"truncated record header in {path}")
-            (length,) = struct.unpack("<Q", header[:8])
-            data = stream.read(length)
-            if len(data) < length or len(stream.read(4)) < 4:
-                raise DataLossError(f"truncated record in {path}")
-            yield data
+    """Records of a TFRecord file, read by TensorFlow's own reader (as TF Serving's warmup does):
+    lengths and data checked against their CRCs, so a damaged or foreign file is DATA_LOSS."""
+    import tensorflow as tf  # loaded already: warmup follows the model's load
+
+    try:
+        for record in tf.data.TFRecordDataset(str(path)):
+            yield record.numpy()
+    except tf.errors.OpError as error:
+        raise DataLossError(f"warmup file {path}: {error.message}") from error
 
 
 def validate_config(config: model_config.ModelServerConfig) -> None:
-    if config.WhichOneof("config") != "model_config_list":
+    """TF Serving's checks of a ModelServerConfig (ServerCore); an empty config is valid (no models)."""
+    if config.WhichOneof("config") not in ("model_config_list", None):
         raise InvalidArgumentError(
             "ServerModelConfig type not supported by HandleReloadConfigRequest. "
             "Only ModelConfigList is currently supported"
@@ -178,6 +188,13 @@ def validate_config(config: model_config.ModelServerConfig) -> None:
         seen.add(entry.name)
         if not entry.base_path:
             raise InvalidArgumentError(f"model {entry.name} has no base_path")
+        if not (entry.base_path.startswith("/") or "://" in entry.base_path):
+            raise InvalidArgumentError(
+                f"Expected model {entry.name} to have an absolute path or URI; "
+                f"got base_path()={entry.base_path}"
+            )
+        if entry.model_type and entry.model_platform:
+            raise InvalidArgumentError("Illegal setting both model_type (deprecated) and model_platform.")
         if entry.model_platform not in ("", "tensorflow"):
             raise InvalidArgumentError(
                 f"model {entry.name}: platform {entry.model_platform!r} is not supported (only 'tensorflow')"
@@ -218,6 +235,9 @@ class ModelManager:
         self._models: dict[str, ModelEntry] = {}
         self._retiring: dict[str, ModelEntry] = {}
         self._labels_ready = False
+        # Set once the first config's models are known (or it failed): ports open after that, so
+        # an early request hears UNAVAILABLE (loading), never NOT_FOUND.
+        self._first_config_registered = threading.Event()
         self._stop = threading.Event()
         self._loader = ThreadPoolExecutor(max_workers=max(1, load_threads), thread_name_prefix="model-load")
         # Unloads wait for the requests still using a version, so they must not hold up loads.
@@ -248,6 +268,8 @@ class ModelManager:
                 self.apply_config(initial_config)
             except ServingError as error:
                 on_fatal(error)
+            finally:
+                self._first_config_registered.set()
 
         self._spawn("initial-config", apply_initial_config)
         if self._file_system_poll_seconds > 0:
@@ -257,6 +279,10 @@ class ModelManager:
                 "config-file-poll",
                 lambda: self._poll_config_file(config_file, config_file_text, config_file_poll_seconds),
             )
+
+    def wait_until_registered(self, timeout: float | None = None) -> bool:
+        """Block until the first config's models are registered (they may still be loading)."""
+        return self._first_config_registered.wait(timeout)
 
     def stop(self) -> None:
         self._stop.set()
@@ -325,6 +351,7 @@ class ModelManager:
                         entry.labels = {}
                         self._retiring[name] = entry
                 self._models = models
+                self._first_config_registered.set()
                 # A re-added model's versions may still be unloading; load them again after.
                 self._condition.wait_for(
                     lambda: (
@@ -357,15 +384,20 @@ class ModelManager:
     def _apply_labels(self, config: model_config.ModelServerConfig) -> None:
         wanted = {entry.name: dict(entry.version_labels) for entry in config.model_config_list.config}
         with self._condition:
-            if not self._allow_labels_for_unavailable_models:
-                for name, labels in wanted.items():
-                    for label, version in sorted(labels.items()):
-                        servable = self._models[name].versions.get(version)
-                        if servable is None or servable.state != VersionState.AVAILABLE:
-                            raise FailedPreconditionError(
-                                f"Request to assign label to version {version} of model {name}, "
-                                f"which is not currently available for inference (label {label!r})"
-                            )
+            for name, labels in wanted.items():
+                current = self._models[name].labels
+                for label, version in sorted(labels.items()):
+                    # TF Serving (ServerCore::UpdateModelVersionLabelMap): with the flag, only a new
+                    # label may name a version that is not available; moving an existing one may not.
+                    moved = label in current and current[label] != version
+                    if self._allow_labels_for_unavailable_models and not moved:
+                        continue
+                    servable = self._models[name].versions.get(version)
+                    if servable is None or servable.state != VersionState.AVAILABLE:
+                        raise FailedPreconditionError(
+                            f"Request to assign label to version {version} of model {name}, "
+                            f"which is not currently available for inference (label {label!r})"
+                        )
             for name, entry in self._models.items():
                 entry.labels = wanted.get(name, {})
             self._labels_ready = True
@@ -543,7 +575,12 @@ class ModelManager:
                     f"Number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS}) at {path}"
                 )
             prediction_log = prediction_log_pb2.PredictionLog()
-            prediction_log.ParseFromString(record)
+            try:
+                prediction_log.ParseFromString(record)
+            except DecodeError as error:
+                raise InvalidArgumentError(
+                    f"Failed to parse PredictionLog in warmup file {path}: {error}"
+                ) from error
             log_type = prediction_log.WhichOneof("log_type")
             if log_type != "predict_log":
                 raise UnimplementedError(f"Unsupported log_type for warmup: {log_type}")
@@ -591,6 +628,7 @@ class ModelManager:
         return entry.labels[label]
 
     def _resolve(self, model_name: str, version: int | None, label: str | None) -> ServableVersion:
+        require_model_name(model_name)
         if label is not None:
             version = self._version_for_label(model_name, label)
         request = f"Latest({model_name})" if version is None else f"Specific({model_name}, {version})"
@@ -666,6 +704,7 @@ class ModelManager:
         self, model_name: str, version: int | None = None, label: str | None = None
     ) -> list[VersionStatus]:
         """GetModelStatus: every known version of the model (newest first), or one version."""
+        require_model_name(model_name)
         with self._condition:
             if label is not None:
                 version = self._version_for_label(model_name, label)
@@ -702,6 +741,12 @@ class ModelManager:
         """Block until `predicate` (called under the lock) holds or the time runs out."""
         with self._condition:
             return self._condition.wait_for(predicate, timeout_seconds)
+
+
+def require_model_name(model_name: str) -> None:
+    """An empty model name is the request's fault (TF Serving: INVALID_ARGUMENT), not a missing model."""
+    if not model_name:
+        raise InvalidArgumentError("Missing model name in request.")
 
 
 def validate_inputs(spec: SignatureSpec, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -16,6 +16,7 @@ outputs) or `outputs` (columnar). Errors are `{"error": "..."}` with TF Serving'
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -33,7 +34,13 @@ from starlette.routing import Route
 from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2
 
 from common.signatures import SERVING_SIGNATURE
-from serving.errors import InvalidArgumentError, ServingError, UnimplementedError, http_status
+from serving.errors import (
+    DeadlineExceededError,
+    InvalidArgumentError,
+    ServingError,
+    UnimplementedError,
+    http_status,
+)
 from serving.grpc_api import SIGNATURE_DEF_FIELD, metadata_response, status_response
 from serving.metrics import ServerMetrics
 from serving.model_manager import ModelManager
@@ -239,11 +246,16 @@ def outputs_to_json(outputs: dict[str, np.ndarray], row_format: bool) -> dict[st
 
 class RestApi:
     def __init__(
-        self, manager: ModelManager, metrics: ServerMetrics, max_body_bytes: int | None = None
+        self,
+        manager: ModelManager,
+        metrics: ServerMetrics,
+        max_body_bytes: int | None = None,
+        timeout_seconds: float | None = None,
     ) -> None:
         self._manager = manager
         self._metrics = metrics
         self._max_body_bytes = max_body_bytes
+        self._timeout_seconds = timeout_seconds  # --rest_api_timeout_in_ms; None: no deadline
 
     async def handle(self, request: Request) -> Response:
         path, method = request.url.path, request.method
@@ -277,7 +289,15 @@ class RestApi:
         self._metrics.in_flight_requests.increment("REST")
         try:
             body = await self._read_body(request)
-            return _json_response(await run_in_threadpool(self._predict_blocking, body, spec))
+            try:
+                answer = await asyncio.wait_for(
+                    run_in_threadpool(self._predict_blocking, body, spec), self._timeout_seconds
+                )
+            except TimeoutError:
+                raise DeadlineExceededError(
+                    f"Request timed out after {(self._timeout_seconds or 0) * 1000:.0f} ms"
+                ) from None
+            return _json_response(answer)
         except ServingError as error:
             status = error.code_name
             raise
@@ -334,8 +354,9 @@ def create_rest_app(
     metrics: ServerMetrics,
     prometheus_path: str | None,
     max_body_bytes: int | None = None,
+    timeout_seconds: float | None = None,
 ) -> Starlette:
-    api = RestApi(manager, metrics, max_body_bytes)
+    api = RestApi(manager, metrics, max_body_bytes, timeout_seconds)
 
     async def serving_error(request: Request, error: Exception) -> Response:
         # Registered for ServingError only; the fallback keeps the type checker and odd callers honest.

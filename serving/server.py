@@ -21,6 +21,8 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -144,12 +146,20 @@ class ModelServer:
                 as_tensor_content=settings.enable_serialization_as_tensor_content,
                 allow_reload=settings.enable_reload_config_rpc,
                 credentials=credentials,
+                channel_arguments=settings.grpc_channel_arguments,
+                socket_path=settings.grpc_socket_path,
             )
-        except RuntimeError as error:
+        except (RuntimeError, ValueError) as error:
             raise StartupError(str(error)) from error
         self._rest_server = (
             _RestServer(
-                create_rest_app(self.manager, self.metrics, prometheus_path, settings.grpc_max_message_bytes),
+                create_rest_app(
+                    self.manager,
+                    self.metrics,
+                    prometheus_path,
+                    settings.grpc_max_message_bytes,
+                    settings.rest_api_timeout_in_ms / 1000 if settings.rest_api_timeout_in_ms else None,
+                ),
                 settings.host,
                 settings.rest_api_port,
                 settings.shutdown_grace_seconds,
@@ -166,13 +176,7 @@ class ModelServer:
         if self.batch_scheduler is not None:
             logger.info("Batching on: %s", self._batching_options)
             self.batch_scheduler.start()
-        self._grpc_server.start()
-        logger.info("Running gRPC ModelServer at %s:%d ...", self.settings.host, self.settings.port)
-        if self._rest_server is not None:
-            self._rest_server.start()
-            logger.info(
-                "Exporting HTTP/REST API at %s:%d ...", self.settings.host, self.settings.rest_api_port
-            )
+        # Models first, ports after: a client that connects early hears UNAVAILABLE (loading).
         self.manager.start(
             self._config,
             on_fatal=self._fail,
@@ -180,6 +184,14 @@ class ModelServer:
             config_file_text=self._config_text,
             config_file_poll_seconds=self.settings.model_config_file_poll_wait_seconds,
         )
+        self.manager.wait_until_registered()
+        self._grpc_server.start()
+        logger.info("Running gRPC ModelServer at %s:%d ...", self.settings.host, self.settings.port)
+        if self._rest_server is not None:
+            self._rest_server.start()
+            logger.info(
+                "Exporting HTTP/REST API at %s:%d ...", self.settings.host, self.settings.rest_api_port
+            )
 
     def _fail(self, error: Exception) -> None:
         logger.error("Failed to start server. Error: %s", error)
@@ -214,7 +226,29 @@ def _boolean(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"not a boolean: {text!r}")
 
 
+TF_SERVING_FLAGS_FILE = Path(__file__).with_name("tf_serving_flags.txt")
+# TF Serving flags this server cannot honour when they are switched on: refused, with the reason.
+CANNOT_APPLY = {"prefer_tflite_model": "TFLite models are outside the local model server's surface"}
+WITHOUT_EFFECT = "ignored:"  # argparse dest prefix of the flags accepted without a local effect
+
+
+def _flags_file_version() -> str:
+    for line in TF_SERVING_FLAGS_FILE.read_text().splitlines():
+        if line.startswith("# version:"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def tf_serving_flags() -> list[str]:
+    """Every flag of the pinned TF Serving version (serving/tf_serving_flags.txt)."""
+    lines = TF_SERVING_FLAGS_FILE.read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
 def argument_parser() -> argparse.ArgumentParser:
+    """TF Serving's whole flag set: the settings' fields, and every other TF Serving flag accepted
+    (logged as without local effect, e.g. GPU memory or TPU options), so TF Serving's command lines
+    run here unchanged."""
     parser = argparse.ArgumentParser(
         prog="python -m serving.server",
         description="TF-Serving-compatible local model server (gRPC + REST). Flags as TF Serving's.",
@@ -230,23 +264,59 @@ def argument_parser() -> argparse.ArgumentParser:
             )
         else:
             parser.add_argument(f"--{name}", default=None, help=help_text)
+    for name in tf_serving_flags():
+        if name not in defaults:
+            refused = f" (refused when on: {CANNOT_APPLY[name]})" if name in CANNOT_APPLY else ""
+            parser.add_argument(
+                f"--{name}", dest=WITHOUT_EFFECT + name, nargs="?", const="true", default=None,
+                help=f"TF Serving's flag, without effect on the local server{refused}",
+            )  # fmt: skip
     return parser
 
 
+@dataclass(frozen=True)
+class CommandLine:
+    overrides: dict[str, Any]  # settings given on the command line (the environment keeps the rest)
+    without_effect: dict[str, str]  # TF Serving flags accepted that mean nothing here
+
+
+def parse_command_line(argv: Sequence[str] | None) -> CommandLine:
+    parser = argument_parser()
+    given = {name: value for name, value in vars(parser.parse_args(argv)).items() if value is not None}
+    without_effect = {
+        name.removeprefix(WITHOUT_EFFECT): value
+        for name, value in given.items()
+        if name.startswith(WITHOUT_EFFECT)
+    }
+    for name, value in without_effect.items():
+        if name in CANNOT_APPLY and value.lower() not in {"0", "false", "no", "off"}:
+            parser.error(f"--{name}={value}: {CANNOT_APPLY[name]}")
+    overrides = {name: value for name, value in given.items() if not name.startswith(WITHOUT_EFFECT)}
+    return CommandLine(overrides, without_effect)
+
+
 def parse_arguments(argv: Sequence[str] | None) -> dict[str, Any]:
-    """Only the flags given, so the environment keeps the rest."""
-    namespace = argument_parser().parse_args(argv)
-    return {name: value for name, value in vars(namespace).items() if value is not None}
+    """Only the settings given, so the environment keeps the rest."""
+    return parse_command_line(argv).overrides
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    overrides = parse_arguments(argv)
+    command_line = parse_command_line(argv)
     try:
-        settings = get_settings(**overrides)
+        settings = get_settings(**command_line.overrides)
     except ValueError as error:
         print(f"invalid settings: {error}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, stream=sys.stderr)  # TF Serving logs to stderr
+    if "version" in command_line.without_effect:  # TF Serving prints its version and exits
+        print(
+            f"TensorFlow ModelServer: aidetect's local model server, TF Serving {_flags_file_version()} flags"
+        )
+        return 0
+    for name, value in command_line.without_effect.items():
+        logger.warning(
+            "--%s=%s: accepted (a TF Serving flag) but without effect on the local server", name, value
+        )
     stop_requested = threading.Event()
 
     def request_stop(signal_number: int, frame: FrameType | None) -> None:

@@ -46,6 +46,11 @@ class ServerSettings(BaseSettings):
     ssl_config_file: Path | None = Field(
         None, description="TF Serving's SSLConfig text proto: TLS for gRPC, mutual with client_verify"
     )
+    grpc_socket_path: str = Field("", description="also serve gRPC on this Unix domain socket")
+    grpc_channel_arguments: str = Field(
+        "", description="gRPC server arguments, key=value[,key=value...] (integers where they parse)"
+    )
+    rest_api_timeout_in_ms: int = Field(30_000, ge=0, description="REST request deadline; 0: none")
 
     # Ours.
     host: str = Field(

@@ -294,7 +294,7 @@ def test_tf_serving_flags_exist_in_the_pinned_tf_serving(
 ) -> None:
     known = {
         line.strip()
-        for line in (REPO_ROOT / "tests" / "serving" / "tf_serving_flags.txt").read_text().splitlines()
+        for line in (REPO_ROOT / "serving" / "tf_serving_flags.txt").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     }
     tf_serving = container(rendered[overlay], "tf-serving")

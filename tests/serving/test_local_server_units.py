@@ -25,12 +25,14 @@ from common import model_config
 from serving import server as server_module
 from serving.batching import QUEUE_FULL_MESSAGE, BatchingOptions, BatchScheduler
 from serving.errors import (
+    DataLossError,
     FailedPreconditionError,
     InternalError,
     InvalidArgumentError,
     NotFoundError,
     UnavailableError,
 )
+from serving.grpc_api import parse_channel_arguments
 from serving.metrics import Histogram, ServerMetrics, prometheus_path_from_monitoring_config
 from serving.model_manager import (
     ModelManager,
@@ -38,6 +40,7 @@ from serving.model_manager import (
     aspired_versions,
     map_base_path,
     parse_prefix_map,
+    read_tfrecords,
     validate_config,
 )
 from serving.rest_api import inputs_from_json, outputs_to_json
@@ -298,8 +301,21 @@ def test_config_validation() -> None:
     )
     with pytest.raises(InvalidArgumentError, match="Illegal to list model a multiple times"):
         validate_config(duplicate)
+    validate_config(model_config.ModelServerConfig())  # an empty config file: no models (TF Serving)
+    custom = model_config.ModelServerConfig()
+    custom.custom_model_config.Pack(model_config.ModelServerConfig())
     with pytest.raises(InvalidArgumentError, match="Only ModelConfigList"):
-        validate_config(model_config.ModelServerConfig())
+        validate_config(custom)
+    # ServerCore's checks (issue 18): absolute paths or URIs only; not both platform fields.
+    with pytest.raises(
+        InvalidArgumentError, match=r"to have an absolute path or URI; got base_path\(\)=models/a"
+    ):
+        validate_config(model_config.parse(config_text([{"name": "a", "base_path": "models/a"}])))
+    both = model_config.parse('model_config_list { config { name: "a" base_path: "/a" model_type: TENSORFLOW '
+                              'model_platform: "tensorflow" } }')  # fmt: skip
+    with pytest.raises(InvalidArgumentError, match="Illegal setting both model_type"):
+        validate_config(both)
+    assert map_base_path("file:///srv/models/a", []) == Path("/srv/models/a")  # file:// URIs as paths
 
 
 def make_manager(**options: object) -> ModelManager:
@@ -363,6 +379,58 @@ def test_a_label_on_a_version_that_does_not_load_fails_the_start(tmp_path: Path,
         assert "version 2 of model demo" in failures[0].message
     finally:
         manager.stop()
+
+
+def test_moving_a_label_to_an_unavailable_version_is_refused_even_when_allowed(
+    tmp_path: Path, release_loads: None
+) -> None:
+    """TF Serving (issue 18): --allow_version_labels_for_unavailable_models lets a new label name a
+    version that is not available, but moving an existing label there is FAILED_PRECONDITION."""
+    write_saved_model_proto(tmp_path / "demo" / "1")
+    manager = make_manager(allow_labels_for_unavailable_models=True)
+    base = str(tmp_path / "demo")
+    try:
+        manager.apply_config(model_config.parse(one_model_config(base, labels={"stable": 1})))
+        manager.apply_config(model_config.parse(one_model_config(base, labels={"stable": 1, "canary": 7})))
+        with pytest.raises(FailedPreconditionError, match="version 7 of model demo"):
+            manager.apply_config(
+                model_config.parse(one_model_config(base, labels={"stable": 7, "canary": 7}))
+            )
+        with manager.servable("demo", label="stable") as servable:
+            assert servable.version == 1  # the refused config left the labels as they were
+    finally:
+        manager.stop()
+
+
+def test_an_empty_model_name_is_an_invalid_argument(tmp_path: Path, release_loads: None) -> None:
+    manager = make_manager()
+    try:
+        for call in (lambda: manager.servable("").__enter__(), lambda: manager.version_statuses("")):
+            with pytest.raises(InvalidArgumentError, match="Missing model name"):
+                call()
+    finally:
+        manager.stop()
+
+
+def test_warmup_files_are_read_with_their_checksums(tmp_path: Path) -> None:
+    """TF Serving's warmup reader checks record CRCs: a foreign file is DATA_LOSS (not a huge read)."""
+    import tensorflow as tf
+
+    foreign = tmp_path / "not-a-tfrecord"
+    foreign.write_bytes(b"\xff" * 64)
+    with pytest.raises(DataLossError):
+        list(read_tfrecords(foreign))
+    good = tmp_path / "records"
+    with tf.io.TFRecordWriter(str(good)) as writer:
+        writer.write(b"one")
+        writer.write(b"two")
+    assert list(read_tfrecords(good)) == [b"one", b"two"]
+    damaged = tmp_path / "damaged"
+    data = bytearray(good.read_bytes())
+    data[13] ^= 0xFF  # a byte of the first record's data: its CRC no longer matches
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(DataLossError):
+        list(read_tfrecords(damaged))
 
 
 # ---------------------------------------------------------------- a whole server, held in LOADING
@@ -517,8 +585,29 @@ def test_flags_use_tf_serving_names() -> None:
     }
     settings = get_settings(**parsed)
     assert (settings.port, settings.rest_api_port, settings.enable_batching) == (9000, 0, True)
+    # Every TF Serving flag is accepted (issue 18): the ones with a local meaning become settings,
+    # the others are accepted without effect (and logged), TFLite switched on is refused.
+    parsed_line = server_module.parse_command_line(
+        ["--grpc_channel_arguments=grpc.max_connection_age_ms=2000", "--per_process_gpu_memory_fraction=0.5",
+         "--flush_filesystem_caches", "--prefer_tflite_model=false"]
+    )  # fmt: skip
+    assert parsed_line.overrides == {"grpc_channel_arguments": "grpc.max_connection_age_ms=2000"}
+    assert parsed_line.without_effect == {
+        "per_process_gpu_memory_fraction": "0.5",
+        "flush_filesystem_caches": "true",
+        "prefer_tflite_model": "false",
+    }
+    every_flag = [f"--{name}=1" for name in server_module.tf_serving_flags() if name != "prefer_tflite_model"]
+    assert server_module.parse_command_line(every_flag)  # TF Serving's whole flag set parses
     with pytest.raises(SystemExit):
-        server_module.parse_arguments(["--grpc_channel_arguments=x"])  # a TF Serving flag we do not implement
+        server_module.parse_command_line(["--prefer_tflite_model=true"])
+    with pytest.raises(SystemExit):
+        server_module.parse_arguments(["--no_such_flag=1"])
+    assert parse_channel_arguments("grpc.max_connection_age_ms=2000,grpc.lb_policy_name=grpclb") == [
+        ("grpc.max_connection_age_ms", 2000), ("grpc.lb_policy_name", "grpclb")
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="not key=value"):
+        parse_channel_arguments("novalue")
 
 
 def test_server_refuses_to_start_without_models(tmp_path: Path) -> None:

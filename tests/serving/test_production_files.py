@@ -24,7 +24,7 @@ from common import model_config, model_versions
 from common.repository import REPO_ROOT
 
 SERVING = REPO_ROOT / "serving"
-FLAGS_FILE = Path(__file__).with_name("tf_serving_flags.txt")
+FLAGS_FILE = SERVING / "tf_serving_flags.txt"
 DOCKERFILES = {"gpu": SERVING / "Dockerfile", "cpu": SERVING / "Dockerfile.cpu"}
 COMPOSE_FILE = REPO_ROOT / "compose.yaml"
 MODELS_MOUNT = "/models"  # where models/ is mounted in the container
