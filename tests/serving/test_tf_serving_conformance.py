@@ -399,6 +399,28 @@ def test_sequential_keras_saved_model_save(servers: Servers, tmp_path: Path) -> 
     base_path = tmp_path / "keras_sequential_saved_model_save"
     model.export(str(base_path / "00000123"), format="tf_saved_model")
     server = servers.model(base_path)
+    assert predict_batch_input(server, model_version(base_path)) == 2.0
+
+
+DISTRAT_MODEL = """
+import sys
+import keras
+import tensorflow as tf
+
+# SetVirtualCpus(2) of the original, which must happen before TensorFlow starts: a process of its own.
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+strategy = tf.distribute.MirroredStrategy(devices=("/cpu:0", "/cpu:1"))
+with strategy.scope():
+    inputs = keras.Input(shape=(1,), dtype="float32", name="x")
+    dense = keras.layers.Dense(1, kernel_initializer="ones", bias_initializer="zeros")(inputs)
+    model = keras.Model(inputs, keras.layers.Identity(name="y")(dense))
+model.export(sys.argv[1], format="tf_saved_model")
+"""
+
+
+def predict_batch_input(server: ServerProcess, version: int) -> float:
+    """VerifyPredictRequest(batch_input=True, specify_output=False): x shaped [1,1], the one output."""
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "default"
     request.inputs["x"].dtype = types_pb2.DT_FLOAT
@@ -408,8 +430,21 @@ def test_sequential_keras_saved_model_save(servers: Servers, tmp_path: Path) -> 
     with grpc.insecure_channel(server.grpc_address) as channel:
         result = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, RPC_TIMEOUT)
     (output,) = result.outputs.values()
-    assert output.dtype == types_pb2.DT_FLOAT and list(output.float_val) == [2.0]
-    assert result.model_spec.version.value == model_version(base_path)
+    assert output.dtype == types_pb2.DT_FLOAT and len(output.float_val) == 1
+    assert result.model_spec.version.value == version
+    return float(output.float_val[0])
+
+
+def test_distrat_sequential_keras_saved_model_save(servers: Servers, tmp_path: Path) -> None:
+    """test_distrat_sequential_keras_saved_model_save: a Keras model built under MirroredStrategy
+    on two virtual CPUs (written in a child process, where the virtual CPUs can still be set)."""
+    base_path = tmp_path / "keras_distrat_saved_model_save"
+    subprocess.run(
+        [sys.executable, "-c", DISTRAT_MODEL, str(base_path / "00000123")], check=True, capture_output=True,
+        timeout=600,
+    )  # fmt: skip
+    server = servers.model(base_path)
+    assert predict_batch_input(server, model_version(base_path)) == 2.0
 
 
 # ---------------------------------------------------------------- REST
