@@ -65,6 +65,42 @@ def _model_spec(name: str, version: str | None, label: str | None) -> model_pb2.
     return spec
 
 
+# Python's JSON errors in the words of rapidjson, TF Serving's parser (GetParseError_En).
+_RAPIDJSON_WORDS = (
+    ("Expecting value", "Invalid value."),
+    ("Extra data", "The document root must not be followed by other values."),
+    ("Expecting property name", "Missing a name for object member."),
+    ("Expecting ':' delimiter", "Missing a colon after a name of object member."),
+    ("Unterminated string", "Missing a closing quotation mark in string."),
+    ("Invalid control character", "Invalid encoding in string."),
+    ("Invalid \\escape", "Invalid escape character in string."),
+)
+
+
+def _parse_error_words(error: json.JSONDecodeError) -> str:
+    if not error.doc.strip():
+        return "The document is empty."
+    for python_words, rapidjson_words in _RAPIDJSON_WORDS:
+        if error.msg.startswith(python_words):
+            return f"{rapidjson_words} at offset: {error.pos}"
+    return f"{error.msg} at offset: {error.pos}"
+
+
+def _data_type_string(spec: TensorSpec) -> str:
+    """TensorFlow's DataTypeString (`float`, `uint8`, ...), as TF Serving's JSON errors print it."""
+    return spec.dtype_name.removeprefix("DT_").lower()
+
+
+def _first_non_number(value: Any) -> Any:
+    if isinstance(value, list):
+        for item in value:
+            found = _first_non_number(item)
+            if found is not None:
+                return found
+        return None
+    return None if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
 def _json_response(document: Any, status_code: int = 200) -> Response:
     # TF Serving pretty-prints its JSON; clients parse it either way.
     return Response(json.dumps(document, indent=1), status_code=status_code, media_type="application/json")
@@ -132,7 +168,8 @@ def _numeric_array(value: Any, alias: str, spec: TensorSpec) -> np.ndarray:
     except ValueError as error:
         raise InvalidArgumentError(f"input {alias}: the lists are ragged ({error})") from error
     if raw.size and raw.dtype.kind not in "biuf":
-        raise InvalidArgumentError(f"input {alias}: values are not of expected type {spec.dtype_name}")
+        offending = json.dumps(_first_non_number(value))
+        raise InvalidArgumentError(f"JSON Value: {offending} not of expected type: {_data_type_string(spec)}")
     if raw.size and dtype.kind in "iu":
         if raw.dtype.kind == "f":
             raise InvalidArgumentError(
@@ -261,9 +298,10 @@ class RestApi:
         path, method = request.url.path, request.method
         if method == "POST" and (match := PREDICT_PATH.fullmatch(path)):
             name, version, label, verb = match.groups()
+            spec = _model_spec(name, version, label)  # a bad version first, as TF Serving
             if verb.lower() != "predict":
                 raise UnimplementedError(f"{verb} is not supported by the local model server; use predict")
-            return await self._predict(request, _model_spec(name, version, label))
+            return await self._predict(request, spec)
         if method == "GET" and (match := STATUS_PATH.fullmatch(path)):
             name, version, label, metadata = match.groups()
             if not name:
@@ -322,6 +360,8 @@ class RestApi:
     def _predict_blocking(self, body: bytes, spec: model_pb2.ModelSpec) -> dict[str, Any]:
         try:
             document = json.loads(body)
+        except json.JSONDecodeError as error:
+            raise InvalidArgumentError(f"JSON Parse error: {_parse_error_words(error)}") from error
         except (ValueError, RecursionError) as error:  # RecursionError: arrays nested too deep
             raise InvalidArgumentError(f"JSON Parse error: {error}") from error
         if not isinstance(document, dict):

@@ -560,3 +560,177 @@ def test_two_versions_metadata(servers: Servers) -> None:
     assert sorted_object(answer) == sorted_object(expected)
     status = call_rest(rest_url(server, f"/v1/models/{name}"), None)
     assert sorted(entry["version"] for entry in status["model_version_status"]) == ["123", "124"]
+
+
+# ---------------------------------------------------------------- http_rest_api_handler_test.cc
+
+REST_MODEL = "saved_model_half_plus_two_2_versions"  # kTestModelName
+REST_VERSION = 123  # kTestModelVersion1
+REST_LABEL = "test_label"  # kTestModelVersionLabel
+JSON_HEADERS = {"content-type": "application/json"}
+
+
+@pytest.fixture(scope="module")
+def rest_handler_server(servers: Servers) -> ServerProcess:
+    """CreateServerCore: the two-version model with the specific-version policy {123}, and a
+    label on 123 added by a config reload (here: in the config from the start)."""
+    config = servers.folder / "rest_handler.config"
+    config.write_text(
+        f'model_config_list {{ config {{ name: "{REST_MODEL}" base_path: "{TESTDATA / REST_MODEL}" '
+        f'model_platform: "tensorflow" model_version_policy {{ specific {{ versions: {REST_VERSION} }} }} '
+        f'version_labels {{ key: "{REST_LABEL}" value: {REST_VERSION} }} }} }}\n'
+    )
+    server = servers.start(f"--model_config_file={config}")
+    wait_until_available(server, REST_MODEL)
+    return server
+
+
+def rest_call(server: ServerProcess, method: str, path: str, body: str = "") -> httpx.Response:
+    """ProcessRequest(method, path, body): the raw body, as the handler gets it."""
+    return httpx.request(method, rest_url(server, path), content=body.encode(), timeout=RPC_TIMEOUT)
+
+
+def assert_error(response: httpx.Response, status: int, message: str) -> None:
+    assert response.status_code == status, (response.status_code, response.text)
+    assert message in response.json()["error"], response.text
+
+
+def test_rest_path_regex(rest_handler_server: ServerProcess) -> None:
+    """kPathRegex: /v1/models is the handler's; /statuspage and /index are not (404)."""
+    assert_error(rest_call(rest_handler_server, "GET", "/v1/models"), 400, "Missing model name")
+    for path in ("/statuspage", "/index"):
+        assert rest_call(rest_handler_server, "GET", path).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "message"),
+    [
+        ("GET", "/v1/foo", "Malformed request"),
+        ("POST", "/v1/foo", "Malformed request"),
+        ("GET", "/v1/models", "Missing model name"),
+        ("GET", "/v1/models/debug/model_name", "Malformed request"),
+        ("POST", "/v1/models", "Malformed request"),
+        ("GET", "/v1/models/foo:predict", "Malformed request"),
+        ("GET", "/v1/models/foo/version/50:predict", "Malformed request"),
+        ("POST", "/v1/models/foo/version/50:regress", "Malformed request"),
+        ("POST", "/v1/models/foo/versions/HELLO:regress", "Malformed request"),
+        ("POST", f"/v1/models/foo/versions/{2**64 - 1}:regress", "Failed to convert version"),
+        ("POST", "/v1/models/foo/metadata", "Malformed request"),
+        ("POST", "/v1/models/foo/label/some_label:regress", "Malformed request"),
+        ("POST", "/v1/models/foo/versions/50/labels/some_label:regress", "Malformed request"),
+        ("POST", "/v1/models/foo/versions/some_label:regress", "Malformed request"),
+    ],
+)
+def test_rest_unsupported_api_calls(
+    rest_handler_server: ServerProcess, method: str, path: str, message: str
+) -> None:
+    """UnsupportedApiCalls: INVALID_ARGUMENT (400) with TF Serving's words."""
+    assert_error(rest_call(rest_handler_server, method, path), 400, message)
+
+
+def test_rest_predict_model_name_version_errors(rest_handler_server: ServerProcess) -> None:
+    """PredictModelNameVersionErrors: NOT_FOUND (404)."""
+    for path in (
+        "/v1/models/foo:predict",
+        "/v1/models/foo/versions/50:predict",
+        f"/v1/models/{REST_MODEL}99:predict",
+    ):
+        response = rest_call(rest_handler_server, "POST", path, '{ "instances": [1] }')
+        assert response.status_code == 404, response.text
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "message"),
+    [
+        (f"/v1/models/{REST_MODEL}:predict", "", "JSON Parse error: The document is empty"),
+        (f"/v1/models/{REST_MODEL}:predict", "instances = [1, 2]", "JSON Parse error: Invalid value"),
+        (f"/v1/models/{REST_MODEL}:predict", '{ "instances": ["x", "y"] }', "not of expected type: float"),
+        (
+            f"/v1/models/{REST_MODEL}/labels/nonexistent_label:predict",
+            '{ "instances": ["x", "y"] }',
+            "Unrecognized servable version label",
+        ),
+        (
+            f"/v1/models/{REST_MODEL}:predict",
+            '{ "signature_name": 100 }',
+            "'signature_name' key must be a string value.",
+        ),
+    ],
+)
+def test_rest_predict_request_errors(
+    rest_handler_server: ServerProcess, path: str, body: str, message: str
+) -> None:
+    """PredictRequestErrors: INVALID_ARGUMENT (400) with TF Serving's words."""
+    assert_error(rest_call(rest_handler_server, "POST", path, body), 400, message)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "expected"),
+    [
+        (
+            f"/v1/models/{REST_MODEL}:predict",
+            '{"instances": [[1.0, 2.0], [3.0, 4.0]]}',
+            {"predictions": [[2.5, 3.0], [3.5, 4.0]]},
+        ),
+        (
+            f"/v1/models/{REST_MODEL}/versions/{REST_VERSION}:predict",
+            '{"instances": [1.0, 2.0]}',
+            {"predictions": [2.5, 3.0]},
+        ),
+        (
+            f"/v1/models/{REST_MODEL}/labels/{REST_LABEL}:predict",
+            '{"instances": [1.0, 2.0]}',
+            {"predictions": [2.5, 3.0]},
+        ),
+        (
+            f"/v1/models/{REST_MODEL}/versions/{REST_VERSION}:predict",
+            '{"signature_name": "serving_default", "instances": [3.0, 4.0]}',
+            {"predictions": [3.5, 4.0]},
+        ),
+        (
+            f"/v1/models/{REST_MODEL}/versions/{REST_VERSION}:predict",
+            '{"signature_name": "serving_default", "inputs": [3.0, 4.0]}',
+            {"outputs": [3.5, 4.0]},
+        ),
+    ],
+)
+def test_rest_predict(rest_handler_server: ServerProcess, path: str, body: str, expected: Any) -> None:
+    """Predict: latest, a version, a label, a signature name, columnar inputs; JSON content type."""
+    response = rest_call(rest_handler_server, "POST", path, body)
+    assert response.status_code == 200, response.text
+    assert response.json() == expected
+    assert response.headers["content-type"] == "application/json"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"/v1/models/{REST_MODEL}",
+        f"/v1/models/{REST_MODEL}/versions/{REST_VERSION}",
+        f"/v1/models/{REST_MODEL}/labels/{REST_LABEL}",
+    ],
+)
+def test_rest_get_status(rest_handler_server: ServerProcess, path: str) -> None:
+    """GetStatus: all versions, a version, a label."""
+    response = rest_call(rest_handler_server, "GET", path)
+    assert response.status_code == 200 and response.headers["content-type"] == "application/json"
+    assert response.json() == {
+        "model_version_status": [
+            {"version": "123", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+        ]
+    }
+
+
+def test_rest_get_model_metadata(rest_handler_server: ServerProcess) -> None:
+    """GetModelMetadata: without a version, equal to saved_model_half_plus_two_2_versions_metadata.json."""
+    response = rest_call(rest_handler_server, "GET", f"/v1/models/{REST_MODEL}/metadata")
+    assert response.status_code == 200 and response.headers["content-type"] == "application/json"
+    expected = json.loads((TESTDATA / "saved_model_half_plus_two_2_versions_metadata.json").read_text())
+    assert response.json() == expected
+
+
+@pytest.mark.parametrize("verb", ["classify", "regress"])
+def test_rest_classify_and_regress_are_not_implemented(rest_handler_server: ServerProcess, verb: str) -> None:
+    """Regress, Classify: outside the declared surface (deliberate: 501)."""
+    body = f'{{"signature_name": "{verb}_x_to_y", "examples": [ {{ "x": 80.0 }} ] }}'
+    assert rest_call(rest_handler_server, "POST", f"/v1/models/{REST_MODEL}:{verb}", body).status_code == 501
