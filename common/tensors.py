@@ -160,6 +160,7 @@ def to_tensor_proto(array: np.ndarray, *, as_tensor_content: bool = True) -> ten
     repeated fields TF Serving answers with by default (Tensor::AsProtoField). Strings always go
     in string_val."""
     proto = tensor_pb2.TensorProto(dtype=tf_dtype_of(array))
+    proto.tensor_shape.SetInParent()  # present even for a scalar (`tensor_shape {}`), as TensorFlow writes it
     for size in array.shape:
         proto.tensor_shape.dim.add(size=int(size))
     if proto.dtype == types_pb2.DT_STRING:

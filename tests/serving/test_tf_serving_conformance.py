@@ -36,6 +36,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
+from common import model_config
 from common.processes import free_port
 from common.repository import REPO_ROOT, SHARED_ROOT
 from tests.serving.local_server_support import ServerProcess, eventually, start_server
@@ -257,6 +258,25 @@ def test_predict_saved_model_with_batching(servers: Servers) -> None:
         verify_predict_request(
             server.grpc_address, 3.0, model_version(HALF_PLUS_TWO), specify_output=specify_output
         )
+
+
+def config_server(
+    servers: Servers,
+    name: str,
+    base_path: Path,
+    versions: list[int] | None = None,
+    labels: dict[str, int] | None = None,
+) -> ServerProcess:
+    """A server on a models.config (written with common.model_config) serving one model: the
+    `specific` versions given (else the latest), with `labels`; returned once it is AVAILABLE."""
+    config = model_config.new_config(name, str(base_path), versions)
+    for label, version in (labels or {}).items():
+        model_config.set_label(config, name, label, version)
+    path = servers.folder / f"{name}-{'-'.join(map(str, versions or []))}-{'-'.join(labels or {})}.config"
+    model_config.save(config, path)
+    server = servers.start(f"--model_config_file={path}")
+    wait_until_available(server, name)
+    return server
 
 
 def good_model_config(folder: Path) -> Path:
@@ -545,16 +565,10 @@ def test_saved_model_counter_keeps_its_state(servers: Servers) -> None:
 
 def test_two_versions_metadata(servers: Servers) -> None:
     """http_rest_api_handler_test.cc's metadata case on saved_model_half_plus_two_2_versions (both
-    versions served, policy `all`): version 123's metadata is TF Serving's expected file, and the
+    versions served): version 123's metadata is TF Serving's expected file, and the
     latest version is 124."""
     name = "saved_model_half_plus_two_2_versions"
-    config = servers.folder / "two_versions.config"
-    config.write_text(
-        f'model_config_list {{ config {{ name: "{name}" base_path: "{TESTDATA / name}" '
-        'model_platform: "tensorflow" model_version_policy { all {} } } }\n'
-    )
-    server = servers.start(f"--model_config_file={config}")
-    wait_until_available(server, name)
+    server = config_server(servers, name, TESTDATA / name, [123, 124])
     answer = call_rest(rest_url(server, f"/v1/models/{name}/versions/123/metadata"), None)
     expected = json.loads((TESTDATA / "saved_model_half_plus_two_2_versions_metadata.json").read_text())
     assert sorted_object(answer) == sorted_object(expected)
@@ -574,14 +588,9 @@ JSON_HEADERS = {"content-type": "application/json"}
 def rest_handler_server(servers: Servers) -> ServerProcess:
     """CreateServerCore: the two-version model with the specific-version policy {123}, and a
     label on 123 added by a config reload (here: in the config from the start)."""
-    config = servers.folder / "rest_handler.config"
-    config.write_text(
-        f'model_config_list {{ config {{ name: "{REST_MODEL}" base_path: "{TESTDATA / REST_MODEL}" '
-        f'model_platform: "tensorflow" model_version_policy {{ specific {{ versions: {REST_VERSION} }} }} '
-        f'version_labels {{ key: "{REST_LABEL}" value: {REST_VERSION} }} }} }}\n'
+    server = config_server(
+        servers, REST_MODEL, TESTDATA / REST_MODEL, [REST_VERSION], {REST_LABEL: REST_VERSION}
     )
-    server = servers.start(f"--model_config_file={config}")
-    wait_until_available(server, REST_MODEL)
     return server
 
 
@@ -734,3 +743,241 @@ def test_rest_classify_and_regress_are_not_implemented(rest_handler_server: Serv
     """Regress, Classify: outside the declared surface (deliberate: 501)."""
     body = f'{{"signature_name": "{verb}_x_to_y", "examples": [ {{ "x": 80.0 }} ] }}'
     assert rest_call(rest_handler_server, "POST", f"/v1/models/{REST_MODEL}:{verb}", body).status_code == 501
+
+
+# ---------------------------------------------------------------- the gRPC impl tests (C++)
+
+TEST_MODEL = "test_model"  # kTestModelName of predict_impl_test.cc / get_model_metadata_impl_test.cc
+TEST_VERSION = 123
+
+
+def grpc_code(call: Any, request: Any) -> grpc.StatusCode:
+    try:
+        call(request, RPC_TIMEOUT)
+    except grpc.RpcError as error:
+        return error.code()
+    return grpc.StatusCode.OK
+
+
+# TensorFlow's cc/saved_model/testdata/half_plus_two (version 123, with the x2 signatures): here
+# the same SavedModel is the two-version model's 00000123, served alone.
+IMPL_MODEL_PATH = TESTDATA / "saved_model_half_plus_two_2_versions"
+
+
+@pytest.fixture(scope="module")
+def impl_server(servers: Servers) -> ServerProcess:
+    """The SavedModel server core of predict_impl_test.cc and get_model_metadata_impl_test.cc."""
+    server = config_server(servers, TEST_MODEL, IMPL_MODEL_PATH, [TEST_VERSION])
+    return server
+
+
+@pytest.fixture(scope="module")
+def status_server(servers: Servers) -> ServerProcess:
+    """get_model_status_impl_test.cc's core: both versions of the two-version model (specific policy)."""
+    server = config_server(servers, REST_MODEL, TESTDATA / REST_MODEL, [123, 124])
+    eventually(lambda: len(status_of(server, REST_MODEL).model_version_status) == 2, "two versions", server)
+    return server
+
+
+def status_of(server: ServerProcess, name: str, version: int | None = None) -> Any:
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = name
+    if version is not None:
+        request.model_spec.version.value = version
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        return model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, RPC_TIMEOUT)
+
+
+def test_get_model_status_missing_or_empty_model_spec(status_server: ServerProcess) -> None:
+    """get_model_status_impl_test: MissingOrEmptyModelSpecFailure"""
+    with grpc.insecure_channel(status_server.grpc_address) as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        code = grpc_code(stub.GetModelStatus, get_model_status_pb2.GetModelStatusRequest())
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize(
+    "version", [None, 99999], ids=["InvalidModelNameFailure", "InvalidModelVersionFailure"]
+)
+def test_get_model_status_not_found(status_server: ServerProcess, version: int | None) -> None:
+    """get_model_status_impl_test: InvalidModelNameFailure, InvalidModelVersionFailure (NOT_FOUND)"""
+    name = "nonexistent_model" if version is None else REST_MODEL
+    with pytest.raises(grpc.RpcError) as caught:
+        status_of(status_server, name, version)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_get_model_status_all_versions_and_single_version(status_server: ServerProcess) -> None:
+    """get_model_status_impl_test: AllVersionsSuccess, SingleVersionSuccess"""
+    every = status_of(status_server, REST_MODEL)
+    assert {entry.version for entry in every.model_version_status} == {123, 124}
+    assert all(
+        entry.status.error_code == 0 and entry.status.error_message == ""
+        for entry in every.model_version_status
+    )
+    single = status_of(status_server, REST_MODEL, 123)
+    assert [entry.version for entry in single.model_version_status] == [123]
+    assert single.model_version_status[0].status.error_code == 0
+
+
+def metadata_request(name: str | None, fields: tuple[str, ...] = ("signature_def",)) -> Any:
+    request = get_model_metadata_pb2.GetModelMetadataRequest()
+    if name is not None:
+        request.model_spec.name = name
+    request.metadata_field.extend(fields)
+    return request
+
+
+def test_get_model_metadata_empty_or_invalid_field_list(impl_server: ServerProcess) -> None:
+    """get_model_metadata_impl_test: EmptyOrInvalidMetadataFieldList (INVALID_ARGUMENT)"""
+    with grpc.insecure_channel(impl_server.grpc_address) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        assert (
+            grpc_code(stub.GetModelMetadata, metadata_request(None, ())) == grpc.StatusCode.INVALID_ARGUMENT
+        )
+        assert grpc_code(stub.GetModelMetadata, metadata_request(None, ("some_stuff",))) == (
+            grpc.StatusCode.INVALID_ARGUMENT
+        )
+
+
+def test_get_model_metadata_missing_or_empty_model_spec(impl_server: ServerProcess) -> None:
+    """get_model_metadata_impl_test: MissingOrEmptyModelSpec"""
+    with grpc.insecure_channel(impl_server.grpc_address) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        assert grpc_code(stub.GetModelMetadata, metadata_request(None)) == grpc.StatusCode.INVALID_ARGUMENT
+        assert grpc_code(stub.GetModelMetadata, metadata_request("")) == grpc.StatusCode.INVALID_ARGUMENT
+        assert grpc_code(stub.GetModelMetadata, metadata_request("test")) == grpc.StatusCode.NOT_FOUND
+
+
+def test_get_model_metadata_returns_signatures_for_valid_model(impl_server: ServerProcess) -> None:
+    """get_model_metadata_impl_test: ReturnsSignaturesForValidModel: the SignatureDefs of the
+    SavedModel itself, and the request's model spec echoed."""
+    from tensorflow.core.protobuf import saved_model_pb2
+    from tensorflow_serving.apis import get_model_metadata_pb2 as metadata_pb2
+
+    request = metadata_request(TEST_MODEL)
+    request.model_spec.version.value = TEST_VERSION
+    with grpc.insecure_channel(impl_server.grpc_address) as channel:
+        response = prediction_service_pb2_grpc.PredictionServiceStub(channel).GetModelMetadata(
+            request, RPC_TIMEOUT
+        )
+    assert response.model_spec == request.model_spec
+    assert len(response.metadata) == 1
+    received = metadata_pb2.SignatureDefMap()
+    response.metadata["signature_def"].Unpack(received)
+    saved_model = saved_model_pb2.SavedModel()
+    saved_model.ParseFromString((IMPL_MODEL_PATH / "00000123" / "saved_model.pb").read_bytes())
+    expected = saved_model.meta_graphs[0].signature_def
+    assert len(received.signature_def) == len(expected)
+    for key in ("regress_x_to_y", "serving_default"):
+        assert received.signature_def[key] == expected[key]
+
+
+def predict(server: ServerProcess, request: Any) -> Any:
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        return prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, RPC_TIMEOUT)
+
+
+def predict_code(server: ServerProcess, request: Any) -> grpc.StatusCode:
+    try:
+        predict(server, request)
+    except grpc.RpcError as error:
+        return error.code()
+    return grpc.StatusCode.OK
+
+
+def impl_request(signature_name: str = "") -> Any:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = TEST_MODEL
+    request.model_spec.version.value = TEST_VERSION
+    request.model_spec.signature_name = signature_name
+    return request
+
+
+def float_tensor(value: float) -> Any:
+    """A DT_FLOAT TensorProto with one float_val and no shape (a scalar), as the C++ tests build it."""
+    from tensorflow.core.framework import tensor_pb2
+
+    return tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[value])
+
+
+def string_tensor() -> Any:
+    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
+
+    return tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_STRING,
+        string_val=[b"any_key"],
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=1)]),
+    )
+
+
+def test_predict_missing_or_empty_model_spec(impl_server: ServerProcess) -> None:
+    """predict_impl_test: MissingOrEmptyModelSpec"""
+    assert predict_code(impl_server, predict_pb2.PredictRequest()) == grpc.StatusCode.INVALID_ARGUMENT
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = ""
+    assert predict_code(impl_server, request) == grpc.StatusCode.INVALID_ARGUMENT
+    request.model_spec.name = "test"
+    assert predict_code(impl_server, request) == grpc.StatusCode.NOT_FOUND
+
+
+def test_predict_empty_input_list(impl_server: ServerProcess) -> None:
+    """predict_impl_test: EmptyInputList"""
+    assert predict_code(impl_server, impl_request()) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_predict_input_tensors_dont_match_model_spec_inputs(impl_server: ServerProcess) -> None:
+    """predict_impl_test: InputTensorsDontMatchModelSpecInputs"""
+    request = impl_request()
+    request.inputs["key"].CopyFrom(string_tensor())
+    assert predict_code(impl_server, request) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_predict_output_filters_dont_match_model_spec_outputs(impl_server: ServerProcess) -> None:
+    """predict_impl_test: OutputFiltersDontMatchModelSpecOutputs"""
+    request = impl_request()
+    request.inputs["x"].CopyFrom(float_tensor(2.0))
+    request.output_filter.append("output_filter")
+    assert predict_code(impl_server, request) == grpc.StatusCode.INVALID_ARGUMENT
+    del request.output_filter[:]
+    request.output_filter.append("y")
+    assert predict_code(impl_server, request) == grpc.StatusCode.OK
+    request.output_filter.append("y")
+    assert predict_code(impl_server, request) == grpc.StatusCode.INVALID_ARGUMENT  # duplicate filter
+
+
+def test_predict_input_tensors_have_wrong_type(impl_server: ServerProcess) -> None:
+    """predict_impl_test: InputTensorsHaveWrongType"""
+    request = impl_request()
+    request.inputs["x"].CopyFrom(string_tensor())
+    request.output_filter.append("y")
+    assert predict_code(impl_server, request) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize(
+    ("signature_name", "input_key", "output_key", "expected"),
+    [
+        ("", "x", "y", 3.0),  # PredictionSuccess
+        ("regress_x2_to_y3", "inputs", "outputs", 4.0),  # PredictionWithNamedRegressionSignature
+        ("classify_x2_to_y3", "inputs", "scores", 4.0),  # PredictionWithNamedClassificationSignature
+    ],
+    ids=[
+        "PredictionSuccess",
+        "PredictionWithNamedRegressionSignature",
+        "PredictionWithNamedClassificationSignature",
+    ],
+)
+def test_predict_success(
+    impl_server: ServerProcess, signature_name: str, input_key: str, output_key: str, expected: float
+) -> None:
+    """predict_impl_test: the response's outputs equal the expected proto: a scalar float."""
+    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
+
+    request = impl_request(signature_name)
+    request.inputs[input_key].CopyFrom(float_tensor(2.0))
+    response = predict(impl_server, request)
+    assert dict(response.outputs) == {
+        output_key: tensor_pb2.TensorProto(
+            dtype=types_pb2.DT_FLOAT, float_val=[expected], tensor_shape=tensor_shape_pb2.TensorShapeProto()
+        )
+    }
