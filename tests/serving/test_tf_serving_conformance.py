@@ -981,3 +981,220 @@ def test_predict_success(
             dtype=types_pb2.DT_FLOAT, float_val=[expected], tensor_shape=tensor_shape_pb2.TensorShapeProto()
         )
     }
+
+
+# ---------------------------------------------------------------- server_core_test.cc
+
+CORE_MODEL = "test_model"  # test_util::kTestModelName; kTestModelVersion 123, kTestModelLargerVersion 124
+TWO_VERSIONS = TESTDATA / "saved_model_half_plus_two_2_versions"
+
+
+def core_config(base_path: Path = HALF_PLUS_TWO, **labels: int) -> Any:
+    """GetTestModelServerConfigForTensorflowPlatform (and SwitchToHalfPlusTwoWith2Versions when
+    `base_path` is the two-version model: both versions served)."""
+    versions = [123, 124] if base_path == TWO_VERSIONS else None
+    config = model_config.new_config(CORE_MODEL, str(base_path), versions)
+    # Straight into the proto: these tests also send labels our own config editor would refuse.
+    config.model_config_list.config[0].version_labels.update(labels)
+    return config
+
+
+def reload(server: ServerProcess, config: Any) -> tuple[grpc.StatusCode, str]:
+    """HandleReloadConfigRequest: the call's code and message (TF Serving fails the call with the
+    code it puts in the response's status)."""
+    from tensorflow_serving.apis import model_management_pb2
+
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        try:
+            stub.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(config=config), 120)
+        except grpc.RpcError as error:
+            return error.code(), error.details() or ""
+    return grpc.StatusCode.OK, ""
+
+
+def served_version(server: ServerProcess, version: int | None = None, label: str = "") -> int:
+    """GetServableHandle: Predict on the model (a version, a label or the latest); who answered."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = CORE_MODEL
+    if version is not None:
+        request.model_spec.version.value = version
+    if label:
+        request.model_spec.version_label = label
+    request.inputs["x"].CopyFrom(float_tensor(2.0))
+    return int(predict(server, request).model_spec.version.value)
+
+
+@pytest.fixture(scope="module")
+def core_server_process(servers: Servers) -> ServerProcess:
+    """Started with an empty config file (TF Serving accepts one), taking HandleReloadConfigRequest."""
+    config = servers.folder / "empty.config"
+    config.write_text("")
+    return servers.start(
+        f"--model_config_file={config}", "--enable_reload_config_rpc", "--file_system_poll_wait_seconds=1",
+        "--allow_version_labels_for_unavailable_models=false",
+    )  # fmt: skip
+
+
+@pytest.fixture
+def core_server(core_server_process: ServerProcess) -> ServerProcess:
+    """The shared server, emptied first (an empty config, the test model's versions gone to END),
+    so each test starts as ServerCoreTest's do: from a fresh core."""
+    server = core_server_process
+    assert reload(server, model_config.ModelServerConfig(model_config_list={}))[0] == grpc.StatusCode.OK
+
+    def emptied() -> bool:
+        try:
+            states = [entry.state for entry in status_of(server, CORE_MODEL).model_version_status]
+        except grpc.RpcError:
+            return True  # never configured
+        return all(state == get_model_status_pb2.ModelVersionStatus.END for state in states)
+
+    eventually(emptied, "the test model unloaded", server)
+    return server
+
+
+def test_core_reload_config_waits_till_models_available(core_server: ServerProcess) -> None:
+    """ReloadConfigWaitsTillModelsAvailable (and CreateWaitsTillModelsAvailable's servable id):
+    from an empty config, the reload returns once version 123 serves."""
+    assert reload(core_server, core_config()) == (grpc.StatusCode.OK, "")
+    assert served_version(core_server) == 123
+    assert served_version(core_server, 123) == 123
+
+
+def test_core_reload_config_unloads_and_loads_a_previously_unloaded_model(core_server: ServerProcess) -> None:
+    """ReloadConfigUnloadsModels, ReloadConfigHandlesLoadingAPreviouslyUnloadedModel"""
+    assert reload(core_server, core_config())[0] == grpc.StatusCode.OK
+    assert reload(core_server, model_config.ModelServerConfig(model_config_list={}))[0] == grpc.StatusCode.OK
+    eventually(
+        lambda: (
+            [entry.state for entry in status_of(core_server, CORE_MODEL).model_version_status]
+            == [get_model_status_pb2.ModelVersionStatus.END]
+        ),
+        "version 123 END",
+        core_server,
+    )
+    assert reload(core_server, core_config())[0] == grpc.StatusCode.OK
+    assert served_version(core_server) == 123  # AVAILABLE as soon as the reload returns
+
+
+def test_core_reload_config_change_model_base_path(core_server: ServerProcess) -> None:
+    """ReloadConfigChangeModelBasePath: one version, then the two-version path (124 serves), then back."""
+    assert reload(core_server, core_config())[0] == grpc.StatusCode.OK
+    assert served_version(core_server) == 123
+    assert reload(core_server, core_config(TWO_VERSIONS))[0] == grpc.StatusCode.OK
+    eventually(lambda: served_version(core_server) == 124, "version 124 serving", core_server)
+    assert reload(core_server, core_config())[0] == grpc.StatusCode.OK
+    eventually(lambda: served_version(core_server) == 123, "version 123 serving again", core_server)
+
+
+def relative_path(config: Any) -> None:
+    config.model_config_list.config[0].base_path = "half_plus_two"
+
+
+def mixed_absolute_relative(config: Any) -> None:
+    config.model_config_list.config.add(name="relative", base_path="relative")
+
+
+def model_type_and_platform(config: Any) -> None:
+    config.model_config_list.config[0].model_type = 1  # ModelType.TENSORFLOW
+
+
+def duplicate_model_name(config: Any) -> None:
+    config.model_config_list.config.add().CopyFrom(config.model_config_list.config[0])
+
+
+def unknown_platform(config: Any) -> None:
+    config.model_config_list.config[0].model_platform = "not_a_known_platform"
+
+
+def custom_config(config: Any) -> None:
+    config.custom_model_config.Pack(model_config.ModelServerConfig())
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (relative_path, "absolute path"),  # RelativePathFails
+        (mixed_absolute_relative, "absolute path"),  # MixedAbsoluteRelativeFails
+        (model_type_and_platform, "Illegal setting both"),  # IllegalConfigModelTypeAndPlatformSet
+        (duplicate_model_name, "multiple times"),  # DuplicateModelNameInConfig
+        (unknown_platform, "not_a_known_platform"),  # UnknownModelPlatform
+        (custom_config, "Only ModelConfigList"),  # IllegalReconfigurationToCustomConfig
+    ],
+)
+def test_core_illegal_configs(core_server: ServerProcess, edit: Any, message: str) -> None:
+    """RelativePathsServerCoreTest and ServerCoreTest's illegal configs: refused (INVALID_ARGUMENT);
+    AbsolutePathSucceeds and the server keeps serving the config it had."""
+    assert reload(core_server, core_config())[0] == grpc.StatusCode.OK  # AbsolutePathSucceeds
+    config = core_config()
+    edit(config)
+    code, details = reload(core_server, config)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and message in details, details
+    assert served_version(core_server) == 123
+
+
+def test_core_deprecated_model_type_config(core_server: ServerProcess) -> None:
+    """DeprecatedModelTypeConfig: model_type TENSORFLOW, no platform: served."""
+    config = core_config()
+    config.model_config_list.config[0].model_platform = ""
+    config.model_config_list.config[0].model_type = 1  # ModelType.TENSORFLOW
+    assert reload(core_server, config)[0] == grpc.StatusCode.OK
+    assert served_version(core_server, 123) == 123
+
+
+def test_core_model_spec_multiple_versions_available(core_server: ServerProcess) -> None:
+    """ModelSpecMultipleVersionsAvailable: latest is 124; version 123 on request; labels A and B;
+    a nonexistent label is refused."""
+    assert reload(core_server, core_config(TWO_VERSIONS))[0] == grpc.StatusCode.OK
+    eventually(lambda: len(status_of(core_server, CORE_MODEL).model_version_status) == 2, "both versions")
+    wait_until_available(core_server, CORE_MODEL)
+    eventually(
+        lambda: all(
+            entry.state == entry.AVAILABLE
+            for entry in status_of(core_server, CORE_MODEL).model_version_status
+        ),
+        "both AVAILABLE",
+        core_server,
+    )
+    assert served_version(core_server) == 124
+    assert served_version(core_server, 123) == 123
+    assert reload(core_server, core_config(TWO_VERSIONS, A=123, B=124))[0] == grpc.StatusCode.OK
+    assert served_version(core_server, label="A") == 123
+    assert served_version(core_server, label="B") == 124
+    with pytest.raises(grpc.RpcError) as caught:
+        served_version(core_server, label="nonexistent label")
+    assert "Unrecognized servable version label" in (caught.value.details() or "")
+
+
+def test_core_assign_label_to_unavailable_version(core_server: ServerProcess) -> None:
+    """AssignLabelToUnavailableVersion: without the allow flag, a label on version 777 is refused."""
+    assert reload(core_server, core_config(TWO_VERSIONS))[0] == grpc.StatusCode.OK
+    code, details = reload(core_server, core_config(TWO_VERSIONS, **{"nice try": 777}))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "not currently available for inference" in details
+
+
+def test_core_assign_labels_to_unavailable_versions_allowed(tmp_path: Path) -> None:
+    """AssignLabelToUnavailableVersionAllowed (a new label may name version 777) and
+    AssignExistingLabelToUnavailableVersion (moving label A there may not)."""
+    config = tmp_path / "empty.config"
+    config.write_text("")
+    server = start_server(
+        [
+            f"--model_config_file={config}",
+            "--enable_reload_config_rpc",
+            "--allow_version_labels_for_unavailable_models",
+        ],
+        tmp_path / "server.log",
+    )
+    try:
+        wait_for_server_ready_(server)
+        assert reload(server, core_config(TWO_VERSIONS))[0] == grpc.StatusCode.OK
+        assert reload(server, core_config(TWO_VERSIONS, **{"nice try": 777}))[0] == grpc.StatusCode.OK
+        assert reload(server, core_config(TWO_VERSIONS, A=123, B=124))[0] == grpc.StatusCode.OK
+        code, details = reload(server, core_config(TWO_VERSIONS, A=777, B=124))
+        assert (
+            code == grpc.StatusCode.FAILED_PRECONDITION and "not currently available for inference" in details
+        )
+    finally:
+        server.stop()
