@@ -169,7 +169,10 @@ def read_tfrecords(path: Path) -> Iterator[bytes]:
         for record in tf.data.TFRecordDataset(str(path)):
             yield record.numpy()
     except tf.errors.OpError as error:
-        raise DataLossError(f"warmup file {path}: {error.message}") from error
+        raise DataLossError(
+            f"Error reading warmup data from {path}: {error.message}. "
+            "Please verify your warmup data is in TFRecord format."
+        ) from error
 
 
 def validate_config(config: model_config.ModelServerConfig) -> None:
@@ -199,9 +202,6 @@ def validate_config(config: model_config.ModelServerConfig) -> None:
             raise InvalidArgumentError(
                 f"model {entry.name}: platform {entry.model_platform!r} is not supported (only 'tensorflow')"
             )
-        policy = entry.model_version_policy
-        if policy.WhichOneof("policy_choice") == "specific" and not policy.specific.versions:
-            raise InvalidArgumentError(f"model {entry.name}: the specific version policy lists no versions")
 
 
 class ModelManager:
@@ -266,6 +266,7 @@ class ModelManager:
         def apply_initial_config() -> None:
             try:
                 self.apply_config(initial_config)
+                self._require_first_loads()
             except ServingError as error:
                 on_fatal(error)
             finally:
@@ -279,6 +280,21 @@ class ModelManager:
                 "config-file-poll",
                 lambda: self._poll_config_file(config_file, config_file_text, config_file_poll_seconds),
             )
+
+    def _require_first_loads(self) -> None:
+        """TF Serving refuses to start when a configured model's versions all failed to load
+        (ServerCore::Create: "N servable(s) did not become available"); a model with no version
+        on disk yet is waited for instead."""
+        with self._condition:
+            failed = [
+                f"{{name: {servable.model_name} version: {servable.version}}} due to error: {servable.error}"
+                for entry in self._models.values()
+                if not any(servable.state == VersionState.AVAILABLE for servable in entry.versions.values())
+                for servable in entry.versions.values()
+                if servable.state == VersionState.END and servable.error is not None
+            ]
+        if failed:
+            raise UnavailableError(f"{len(failed)} servable(s) did not become available: {', '.join(failed)}")
 
     def wait_until_registered(self, timeout: float | None = None) -> bool:
         """Block until the first config's models are registered (they may still be loading)."""
@@ -571,15 +587,15 @@ class ModelManager:
         for record in read_tfrecords(path):
             count += 1
             if count > MAX_WARMUP_RECORDS:
-                raise InvalidArgumentError(
-                    f"Number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS}) at {path}"
+                raise InvalidArgumentError(  # sic: TF Serving's words, "exceeeds"
+                    f"Number of warmup records exceeeds the maximum ({MAX_WARMUP_RECORDS}) at {path}"
                 )
             prediction_log = prediction_log_pb2.PredictionLog()
             try:
                 prediction_log.ParseFromString(record)
             except DecodeError as error:
                 raise InvalidArgumentError(
-                    f"Failed to parse PredictionLog in warmup file {path}: {error}"
+                    f"Failed to parse warmup record from {path}: {error}"
                 ) from error
             log_type = prediction_log.WhichOneof("log_type")
             if log_type != "predict_log":

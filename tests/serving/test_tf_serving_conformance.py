@@ -14,6 +14,7 @@ One server per distinct command line, shared by the tests that use the same one,
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -36,7 +37,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from common import model_config
+from common import model_config, model_versions
 from common.processes import free_port
 from common.repository import REPO_ROOT, SHARED_ROOT
 from tests.serving.local_server_support import ServerProcess, eventually, start_server
@@ -1198,3 +1199,297 @@ def test_core_assign_labels_to_unavailable_versions_allowed(tmp_path: Path) -> N
         )
     finally:
         server.stop()
+
+
+def test_core_erroring_model_fails_the_start(tmp_path: Path) -> None:
+    """ErroringModel: a model whose only version cannot load stops the start ("1 servable(s) did
+    not become available"), as TF Serving's ServerCore::Create fails."""
+    version = tmp_path / "broken" / "1"
+    version.mkdir(parents=True)
+    (version / "saved_model.pb").write_bytes(b"not a SavedModel")
+    command = [
+        sys.executable, "-m", "serving.server", f"--port={free_port()}", f"--rest_api_port={free_port()}",
+        "--model_name=broken", f"--model_base_path={tmp_path / 'broken'}", "--max_num_load_retries=0",
+    ]  # fmt: skip
+    completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, timeout=120)
+    assert completed.returncode == 1
+    assert b"1 servable(s) did not become available" in completed.stderr
+
+
+# ---------------------------------------------------------------- saved_model_warmup_test.cc
+
+WARMUP_FILE_PATH = Path("assets.extra") / "tf_serving_warmup_requests"
+
+
+def predict_log_record(input_key: str = "x") -> bytes:
+    """PopulatePredictRequest for half_plus_two: a PredictionLog whose request feeds `x`."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    log = prediction_log_pb2.PredictionLog()
+    log.predict_log.request.model_spec.signature_name = "serving_default"
+    log.predict_log.request.inputs[input_key].CopyFrom(float_tensor(2.0))
+    return log.SerializeToString()
+
+
+def session_run_record() -> bytes:
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    log = prediction_log_pb2.PredictionLog()
+    log.session_run_log.SetInParent()
+    return log.SerializeToString()
+
+
+def write_records(path: Path, records: list[bytes]) -> None:
+    import tensorflow as tf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for record in records:
+            writer.write(record)
+
+
+@pytest.fixture(scope="module")
+def warmup_base(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> tuple[ServerProcess, Path]:
+    """A server polling a base path every second with the policy `all`, version 1 a plain
+    half_plus_two: each test adds a version with its own warmup file and reads the version's status."""
+    base = tmp_path_factory.mktemp("warmup") / "warm"
+    shutil.copytree(HALF_PLUS_TWO / "00000123", base / "1")
+    config = model_config.new_config("warm", str(base))
+    config.model_config_list.config[0].model_version_policy.all.SetInParent()
+    path = servers.folder / "warmup.config"
+    model_config.save(config, path)
+    server = servers.start(
+        f"--model_config_file={path}", "--file_system_poll_wait_seconds=1", "--max_num_load_retries=0"
+    )
+    wait_until_available(server, "warm")
+    return server, base
+
+
+def add_version_with_warmup(base: tuple[ServerProcess, Path], write: Any) -> Any:
+    """A new version with `write(warmup_file_path)`'s file; its status once it is AVAILABLE or END."""
+    server, base_path = base
+    version = max(int(path.name) for path in base_path.iterdir()) + 1
+    staging = base_path.parent / f"staging-{version}"
+    shutil.copytree(HALF_PLUS_TWO / "00000123", staging)
+    write(staging / WARMUP_FILE_PATH)
+    staging.rename(base_path / str(version))  # appears complete, as a model push does
+
+    def settled() -> Any:
+        (entry,) = status_of(server, "warm", version).model_version_status
+        return entry if entry.state in (entry.AVAILABLE, entry.END) else None
+
+    return eventually(settled, f"version {version} loaded or failed", server)
+
+
+def test_warmup_no_data_file_and_empty_file(warmup_base: tuple[ServerProcess, Path]) -> None:
+    """NoWarmupDataFile, WarmupDataFileEmpty: the version loads."""
+    entry = add_version_with_warmup(warmup_base, lambda path: path.parent.mkdir(parents=True))
+    assert entry.state == entry.AVAILABLE
+    entry = add_version_with_warmup(warmup_base, lambda path: write_records(path, []))
+    assert entry.state == entry.AVAILABLE
+
+
+def test_warmup_predict_records_load(warmup_base: tuple[ServerProcess, Path]) -> None:
+    """MixedWarmupData, for the predict records (the other log types are a deliberate difference)."""
+    entry = add_version_with_warmup(
+        warmup_base, lambda path: write_records(path, [predict_log_record()] * 10)
+    )
+    assert entry.state == entry.AVAILABLE
+
+
+@pytest.mark.parametrize(
+    ("write", "code", "message"),
+    [
+        (
+            lambda path: write_records(path, [session_run_record()] * 10),
+            "UNIMPLEMENTED",
+            "Unsupported log_type for warmup",
+        ),
+        (
+            lambda path: (path.parent.mkdir(parents=True), path.write_bytes(session_run_record() * 10)),
+            "DATA_LOSS",
+            "Please verify your warmup data is in TFRecord format",
+        ),
+        (
+            lambda path: write_records(path, [predict_log_record()] * 1001),
+            "INVALID_ARGUMENT",
+            "Number of warmup records exceeeds the maximum",  # sic: TF Serving's words
+        ),
+        (
+            lambda path: write_records(path, [b"malformed_record"] * 10),
+            "INVALID_ARGUMENT",
+            "Failed to parse warmup record",
+        ),
+        (
+            lambda path: write_records(path, [predict_log_record("no_such_input")]),
+            "INVALID_ARGUMENT",
+            "no_such_input",
+        ),
+    ],
+    ids=[
+        "UnsupportedLogType",
+        "UnsupportedFileFormat",
+        "TooManyWarmupRecords",
+        "UnparsableRecord",
+        "RunFailure",
+    ],
+)
+def test_warmup_failures(
+    warmup_base: tuple[ServerProcess, Path], write: Any, code: str, message: str
+) -> None:
+    """The version's load fails with TF Serving's code and words (GetModelStatus shows them)."""
+    from tensorflow.core.protobuf import error_codes_pb2
+
+    entry = add_version_with_warmup(warmup_base, write)
+    assert entry.state == entry.END
+    assert error_codes_pb2.Code.Name(entry.status.error_code) == code
+    assert message in entry.status.error_message, entry.status.error_message
+
+
+# ---------------------------------------------------------------- file_system_storage_path_source_test.cc
+# The source's job here is model_versions.version_folders (what the folder holds) with
+# model_manager.aspired_versions (what the policy wants): the same folders and policies give the
+# same aspired versions and paths as TF Serving's SetAspiredVersions calls expect.
+
+
+def aspired(base: Path, policy: str = "") -> dict[int, str]:
+    """{version: folder name} the server aspires to for `base` under the text-proto `policy`."""
+    from google.protobuf import text_format
+
+    from serving.model_manager import aspired_versions, validate_config
+
+    config = model_config.ModelServerConfig()
+    entry = config.model_config_list.config.add(name="test_servable_name", base_path=str(base))
+    text_format.Parse(policy, entry.model_version_policy)
+    validate_config(config)  # the server takes the config as TF Serving's source does
+    on_disk = model_versions.version_folders(base)
+    return {version: on_disk[version].name for version in sorted(aspired_versions(entry, on_disk))}
+
+
+SIX = ("non_numerical_child", "42", "33", "30", "21", "17")  # the policy tests' folders
+
+
+def folders(base: Path, *names: str) -> Path:
+    for name in names:
+        (base / name).mkdir(parents=True)
+    return base
+
+
+@pytest.mark.parametrize(
+    ("names", "policy", "expected"),
+    [
+        (("non_numerical_child",), "", {}),  # NoVersionsAtStartup
+        (("non_numerical_child", "42", "17"), "", {42: "42"}),  # MultipleVersions
+        (("non_numerical_child", "42", "17"), "all {}", {17: "17", 42: "42"}),  # ...AtTheSameTime
+        (
+            SIX, "latest { num_versions: 3 }",
+            {30: "30", 33: "33", 42: "42"},
+        ),  # NLatestVersions
+        (
+            SIX, "specific { versions: 17 versions: 30 }",
+            {17: "17", 30: "30"},
+        ),  # SpecificVersions
+        (
+            (*SIX[:-1], "00017"), "specific { versions: 17 versions: 30 }",
+            {17: "00017", 30: "30"},
+        ),  # SpecificVersionsLeadingZeros
+        (SIX, "specific {}", {}),  # SpecificVersionsEmpty
+        (("non_numerical_child", "42", "33", "30"), "", {42: "42"}),  # DefaultVersionPolicy
+        (("non_numerical_child", "42", "33", "30"), "latest {}", {42: "42"}),  # DefaultNumLatestVersions
+        (("20170111173521",), "all {}", {20170111173521: "20170111173521"}),  # ParseTimestampedVersion
+    ],
+    ids=[
+        "NoVersionsAtStartup", "MultipleVersions", "MultipleVersionsAtTheSameTime", "NLatestVersions",
+        "SpecificVersions", "SpecificVersionsLeadingZeros", "SpecificVersionsEmpty", "DefaultVersionPolicy",
+        "DefaultNumLatestVersions", "ParseTimestampedVersion",
+    ],
+)  # fmt: skip
+def test_storage_path_source_policies(
+    tmp_path: Path, names: tuple[str, ...], policy: str, expected: dict[int, str]
+) -> None:
+    assert aspired(folders(tmp_path / "base", *names), policy) == expected
+
+
+def test_storage_path_source_missing_base_path_and_files_appearing_later(tmp_path: Path) -> None:
+    """NoVersionsAtStartup (no base path: nothing aspired), FilesAppearAfterStartup."""
+    base = tmp_path / "FilesAppearAfterStartup"
+    assert aspired(base) == {}
+    folders(base, "3")
+    assert aspired(base) == {3: "3"}
+
+
+def test_storage_path_source_multiple_servables(tmp_path: Path) -> None:
+    """MultipleServables: each base path on its own."""
+    assert aspired(folders(tmp_path / "MultipleServables_0", "1", "3")) == {3: "3"}
+    assert aspired(folders(tmp_path / "MultipleServables_1", "42")) == {42: "42"}
+    assert aspired(folders(tmp_path / "MultipleServables_2")) == {}
+
+
+def test_storage_path_source_change_version_policy(tmp_path: Path) -> None:
+    """ChangeVersionPolicy: latest 2, then specific {2, 5} (folder "02" is version 2)."""
+    base = folders(tmp_path / "ChangeVersionPolicy_", "1", "02", "3", "5", "8", "13")
+    assert aspired(base, "latest { num_versions: 2 }") == {8: "8", 13: "13"}
+    assert aspired(base, "specific { versions: 2 versions: 5 }") == {2: "02", 5: "5"}
+
+
+def test_storage_path_source_version_dir_renamed_and_last_version_removed(tmp_path: Path) -> None:
+    """ServableVersionDirRenamed (renamed "2.denied"/"5.denied" and deleted 8 leave 1 and 3) and
+    LastVersionNotRemoved (default: a deleted last version leaves nothing aspired)."""
+    base = folders(tmp_path / "ServableVersionDirRenamed_", "1", "2", "3", "5", "8")
+    assert aspired(base, "all {}") == {1: "1", 2: "2", 3: "3", 5: "5", 8: "8"}
+    (base / "2").rename(base / "2.denied")
+    (base / "5").rename(base / "5.denied")
+    (base / "8").rmdir()
+    assert aspired(base, "all {}") == {1: "1", 3: "3"}
+    last = folders(tmp_path / "LastVersionNotRemoved", "42")
+    assert aspired(last) == {42: "42"}
+    (last / "42").rmdir()
+    assert aspired(last) == {}
+
+
+def test_storage_path_source_duplicate_versions(tmp_path: Path) -> None:
+    """DuplicateVersions: "0001", "001" and "00001" are one version 1, served from one of them."""
+    found = aspired(folders(tmp_path / "DuplicateVersions", "non_numerical_child", "0001", "001", "00001"))
+    assert list(found) == [1] and found[1] in {"0001", "001", "00001"}
+
+
+def test_storage_path_source_change_set_of_servables(core_server: ServerProcess) -> None:
+    """ChangeSetOfServables: servables {0, 1} then {1, 2}: 0 is unloaded, 2 loaded, and 1 is not
+    reloaded on the way (its version keeps the same load)."""
+    config = model_config.ModelServerConfig()
+    for name in ("servable_0", "servable_1"):
+        config.model_config_list.config.add(
+            name=name, base_path=str(HALF_PLUS_TWO), model_platform="tensorflow"
+        )
+    assert reload(core_server, config)[0] == grpc.StatusCode.OK
+    loads_before = httpx.get(rest_url(core_server, "/v1/models/servable_1"), timeout=RPC_TIMEOUT).json()
+    del config.model_config_list.config[0]
+    config.model_config_list.config.add(
+        name="servable_2", base_path=str(HALF_PLUS_TWO), model_platform="tensorflow"
+    )
+    assert reload(core_server, config)[0] == grpc.StatusCode.OK
+    wait_until_available(core_server, "servable_2")
+    eventually(
+        lambda: (
+            status_of(core_server, "servable_0").model_version_status[0].state
+            == get_model_status_pb2.ModelVersionStatus.END
+        ),
+        "servable_0 unloaded",
+        core_server,
+    )
+    assert (
+        httpx.get(rest_url(core_server, "/v1/models/servable_1"), timeout=RPC_TIMEOUT).json() == loads_before
+    )
+    log = core_server.log()
+    assert log.count("Loading servable servable_1 version 123") == 1, log
+
+
+def test_storage_path_source_poll_filesystem_only_once(servers: Servers, tmp_path: Path) -> None:
+    """PollFilesystemOnlyOnce: --file_system_poll_wait_seconds=0 scans once; a version added
+    later is not picked up."""
+    base = tmp_path / "OneShot"
+    shutil.copytree(HALF_PLUS_TWO / "00000123", base / "3")
+    server = servers.model(base, "oneshot", "--file_system_poll_wait_seconds=0")
+    shutil.copytree(HALF_PLUS_TWO / "00000123", base / "4")
+    time.sleep(2)
+    assert [entry.version for entry in status_of(server, "oneshot").model_version_status] == [3]
