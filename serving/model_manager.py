@@ -594,9 +594,7 @@ class ModelManager:
             try:
                 prediction_log.ParseFromString(record)
             except DecodeError as error:
-                raise InvalidArgumentError(
-                    f"Failed to parse warmup record from {path}: {error}"
-                ) from error
+                raise InvalidArgumentError(f"Failed to parse warmup record from {path}: {error}") from error
             log_type = prediction_log.WhichOneof("log_type")
             if log_type != "predict_log":
                 raise UnimplementedError(f"Unsupported log_type for warmup: {log_type}")

@@ -162,14 +162,17 @@ class TensorFlowRuntime:
 
     kind = "tensorflow"
 
-    def __init__(self, version_path: Path) -> None:
+    def __init__(self, version_path: Path, session_config: config_pb2.ConfigProto | None = None) -> None:
         import tensorflow as tf  # paid on the first load, not at import
 
         self._tf = tf
         self._signatures = read_signatures(version_path)
         self._graph = tf.Graph()
-        # config None: the process-wide thread settings (configure_tensorflow_threads).
-        self._session = tf.compat.v1.Session(graph=self._graph)
+        # Without --tensorflow_session_config_file, the process-wide thread settings
+        # (configure_tensorflow_threads); with it, that ConfigProto, its unset thread counts filled in.
+        if session_config is not None:
+            session_config = with_process_threads(session_config)
+        self._session = tf.compat.v1.Session(graph=self._graph, config=session_config)
         with self._graph.as_default():
             tf.compat.v1.saved_model.loader.load(self._session, ["serve"], str(version_path))
         self._callables: dict[tuple[str, tuple[str, ...]], tuple[list[str], Callable[..., Any]]] = {}
@@ -221,7 +224,32 @@ RuntimeFactory = Callable[[Path], Runtime]
 RUNTIME_LABEL = "TF1"  # TF Serving's `runtime` label of its latency metrics for SavedModels (Session runs)
 
 
-def load_runtime(version_path: Path) -> Runtime:
+def load_runtime(version_path: Path, session_config: config_pb2.ConfigProto | None = None) -> Runtime:
     """TensorFlow runs every version, as in TF Serving (the model manager takes another factory
     only in tests)."""
-    return TensorFlowRuntime(Path(version_path))
+    return TensorFlowRuntime(Path(version_path), session_config)
+
+
+def read_session_config(path: Path) -> config_pb2.ConfigProto:
+    """--tensorflow_session_config_file: a ConfigProto in text format, as TF Serving reads it."""
+    from google.protobuf import text_format
+
+    config = config_pb2.ConfigProto()
+    try:
+        text_format.Parse(Path(path).read_text(), config)
+    except (OSError, text_format.ParseError) as error:
+        raise InvalidArgumentError(f"Error parsing TensorFlow session config file {path}: {error}") from error
+    return config
+
+
+def with_process_threads(session_config: config_pb2.ConfigProto) -> config_pb2.ConfigProto:
+    """A copy of `session_config` whose unset (0) thread counts are the process's own settings."""
+    import tensorflow as tf
+
+    config = config_pb2.ConfigProto()
+    config.CopyFrom(session_config)
+    if not config.intra_op_parallelism_threads:
+        config.intra_op_parallelism_threads = tf.config.threading.get_intra_op_parallelism_threads()
+    if not config.inter_op_parallelism_threads:
+        config.inter_op_parallelism_threads = tf.config.threading.get_inter_op_parallelism_threads()
+    return config

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -35,7 +36,7 @@ from serving.grpc_api import HealthReporter, create_grpc_server, server_credenti
 from serving.metrics import ServerMetrics, prometheus_path_from_monitoring_config
 from serving.model_manager import ModelManager, parse_prefix_map, validate_config
 from serving.rest_api import create_rest_app
-from serving.runtime import RuntimeFactory, configure_tensorflow_threads, load_runtime
+from serving.runtime import RuntimeFactory, configure_tensorflow_threads, load_runtime, read_session_config
 from serving.settings import ServerSettings, get_settings
 
 logger = logging.getLogger("serving.server")
@@ -103,6 +104,10 @@ class ModelServer:
         self._config, self._config_text = initial_model_config(settings)
         try:
             validate_config(self._config)
+            if settings.tensorflow_session_config_file is not None and runtime_factory is load_runtime:
+                runtime_factory = partial(
+                    load_runtime, session_config=read_session_config(settings.tensorflow_session_config_file)
+                )
             prefix_map = parse_prefix_map(settings.model_base_path_prefix_map)
             batching = (
                 BatchingOptions.from_file(settings.batching_parameters_file)

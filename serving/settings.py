@@ -46,6 +46,11 @@ class ServerSettings(BaseSettings):
     ssl_config_file: Path | None = Field(
         None, description="TF Serving's SSLConfig text proto: TLS for gRPC, mutual with client_verify"
     )
+    tensorflow_session_config_file: Path | None = Field(
+        None,
+        description="a text ConfigProto for every model's TensorFlow session (e.g. graph rewrite "
+        "options such as auto mixed precision), as TF Serving reads it",
+    )
     grpc_socket_path: str = Field("", description="also serve gRPC on this Unix domain socket")
     grpc_channel_arguments: str = Field(
         "", description="gRPC server arguments, key=value[,key=value...] (integers where they parse)"

@@ -618,3 +618,32 @@ def test_server_refuses_to_start_without_models(tmp_path: Path) -> None:
     finally:  # main() installs its own handlers; give pytest back its own
         for number, handler in handlers.items():
             signal.signal(number, handler)
+
+
+def test_tensorflow_session_config_file_reaches_every_session(tmp_path: Path) -> None:
+    """--tensorflow_session_config_file (TF Serving's): a text ConfigProto given to each model's
+    session, its unset thread counts filled from the process's; a file that does not parse is
+    refused with its reason."""
+    from tensorflow.core.protobuf import rewriter_config_pb2
+
+    from common.repository import SHARED_ROOT
+    from serving.runtime import load_runtime, read_session_config
+
+    config_file = tmp_path / "session.config"
+    config_file.write_text(
+        "inter_op_parallelism_threads: 1\ngraph_options { rewrite_options { constant_folding: OFF } }\n"
+    )
+    runtime = load_runtime(
+        SHARED_ROOT / "tfserving-testdata" / "saved_model_half_plus_two_cpu" / "00000123",
+        session_config=read_session_config(config_file),
+    )
+    try:
+        used = runtime._session._config  # type: ignore[attr-defined]
+        assert used.graph_options.rewrite_options.constant_folding == rewriter_config_pb2.RewriterConfig.OFF
+        assert used.inter_op_parallelism_threads == 1
+        assert runtime.run("serving_default", {"x": np.array([[2.0]], np.float32)})["y"].tolist() == [[3.0]]
+    finally:
+        runtime.close()
+    config_file.write_text("no_such_field: 1\n")
+    with pytest.raises(InvalidArgumentError, match="Error parsing TensorFlow session config file"):
+        read_session_config(config_file)
