@@ -120,6 +120,7 @@ def loso_summary(run: TrainingRun) -> dict[str, Any] | None:
         "code_version": report.get("code_version"),
         "folds": result["folds"],
         "mean": result["mean"],
+        "verdict_band": result.get("verdict_band"),
     }
 
 
@@ -165,6 +166,8 @@ def build_model_card(
         "threshold": run.threshold,
         "temperature": run.temperature,
         "threshold_rule": evaluation.get("threshold_rule"),
+        # The three-way verdict's inconclusive band (training/selective.py); the gateway reads it here.
+        "verdict_band": evaluation.get("verdict_band"),
         "evaluation": {
             "test_split": evaluation.get("test_split"),
             "validation": _compact(evaluation.get("validation")),
@@ -247,6 +250,7 @@ def render_markdown(card: dict[str, Any]) -> str:
             "",
             "Robustness (test accuracy): " + ", ".join(f"{k} {_percent(v)}" for k, v in robustness.items()),
         ]
+    lines += _band_lines(card.get("verdict_band"), card.get("loso"))
     lines += _loso_lines(card.get("loso"))
     lines += [
         "",
@@ -278,6 +282,42 @@ def render_markdown(card: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _band_lines(band: dict[str, Any] | None, loso: dict[str, Any] | None) -> list[str]:
+    """The three-way verdict: the band, the error target, and how it held on data it never saw."""
+    if not band:
+        return []
+    lines = [
+        "",
+        "## Three-way verdict",
+        "",
+        f"Scores in [{band['real_below']:.4f}, {band['ai_from']:.4f}) are **inconclusive**; below, `real`; "
+        f"from `ai_from` up, `ai` ({band['rule']}).",
+        "",
+        "| images | inconclusive | error rate of the decided answers (target "
+        f"{_percent(band['target_error'])}) | AI recall among them | real recall among them |",
+        "|---|---|---|---|---|",
+    ]
+    rows = [
+        ("calibration (photo-like validation)", band.get("calibration")),
+        ("test split", band.get("test")),
+    ]
+    for name, outcome in rows:
+        if outcome:
+            lines.append(
+                f"| {name}, {outcome['images']} | {_percent(outcome['inconclusive_share'])} | "
+                f"{_percent(outcome['decided_error_rate'])} | {_percent(outcome['ai_recall_decided'])} | "
+                f"{_percent(outcome['real_recall_decided'])} |"
+            )
+    summary = (loso or {}).get("verdict_band")
+    if summary:
+        lines.append(
+            f"| left-out sources (LOSO, each fold's own band), mean | "
+            f"{_percent(summary['inconclusive_share'])} | {_percent(summary['decided_error_rate'])} "
+            f"(worst source {_percent(summary['worst_decided_error_rate'])}) | | |"
+        )
+    return lines
 
 
 def _loso_lines(loso: dict[str, Any] | None) -> list[str]:

@@ -16,6 +16,7 @@ from fastapi.responses import FileResponse, Response
 from common import model_card
 from common.preprocessing import ImageInputError
 from gateway.dependencies import (
+    BandsDep,
     CanarySplitDep,
     DecoderDep,
     MetricsDep,
@@ -35,6 +36,7 @@ from gateway.schemas import (
     HealthResponse,
     ModelInfoResponse,
     PredictionResponse,
+    ProvenanceFinding,
     ReadyResponse,
 )
 from gateway.security import enforce_access
@@ -47,6 +49,7 @@ from gateway.uploads import (
     max_body_bytes,
     read_multipart_files,
 )
+from gateway.verdict import BandSource, decide
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +118,7 @@ async def decode(decoder: ImageDecoder, file: UploadedFile, timings: StageTiming
     decoded = await decoder.decode(bytes(file.data))
     timings.record("decode", decoded.decode_seconds)
     timings.record("resize", decoded.resize_seconds)
+    timings.record("provenance", decoded.provenance_seconds)
     return decoded
 
 
@@ -129,6 +133,22 @@ def observe(metrics: GatewayMetrics, batch: PredictionBatch, prediction: Predict
     metrics.observe_prediction(
         batch.model_name, batch.model_version, prediction.probability, prediction.label_name
     )
+
+
+def judged(
+    bands: BandSource, batch: PredictionBatch, prediction: Prediction, decoded: DecodedImage
+) -> dict[str, Any]:
+    """The verdict, its reason and the provenance findings of one answered image."""
+    verdict, reason = decide(
+        decoded.provenance, prediction.probability, prediction.threshold, bands.band(batch.model_version)
+    )
+    return {
+        "verdict": verdict,
+        "verdict_reason": reason,
+        "provenance": [
+            ProvenanceFinding.model_validate(finding.to_dict()) for finding in decoded.provenance or ()
+        ],
+    }
 
 
 @router.post(
@@ -148,6 +168,7 @@ async def predict(
     timings: TimingsDep,
     routing: RoutingDep,
     hold: UploadHoldDep,
+    bands: BandsDep,
 ) -> PredictionResponse:
     (file,) = await read_uploads(
         request,
@@ -173,6 +194,7 @@ async def predict(
         model_version=batch.model_version,
         version_label=batch.version_label,
         request_id=request.state.request_id,
+        **judged(bands, batch, prediction, decoded),
     )
 
 
@@ -193,6 +215,7 @@ async def predict_batch(
     timings: TimingsDep,
     routing: RoutingDep,
     hold: UploadHoldDep,
+    bands: BandsDep,
 ) -> BatchPredictionResponse:
     """Each file gets its own result; a bad file is reported in its item and the others still count.
 
@@ -256,6 +279,7 @@ async def predict_batch(
                 threshold=prediction.threshold,
                 model_version=group_batch.model_version,
                 version_label=group_batch.version_label,
+                **judged(bands, group_batch, prediction, outcome),
             )
         )
     return BatchPredictionResponse(
@@ -318,7 +342,11 @@ async def metrics_endpoint(metrics: MetricsDep) -> Response:
     summary="The model a request would go to: metadata, threshold, canary split, model card",
 )
 async def model_info(
-    settings: SettingsDep, client: ModelClientDep, routing: RoutingDep, split: CanarySplitDep
+    settings: SettingsDep,
+    client: ModelClientDep,
+    routing: RoutingDep,
+    split: CanarySplitDep,
+    bands: BandsDep,
 ) -> ModelInfoResponse:
     target = routing.target()
     metadata = await client.metadata(target)
@@ -344,6 +372,7 @@ async def model_info(
             "max_batch_files": settings.max_batch_files,
             "max_batch_bytes": settings.max_batch_bytes,
         },
+        verdict_band=band.to_dict() if (band := bands.band(version)) else None,
         model_card=read_model_card(settings, version),
     )
 

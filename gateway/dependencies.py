@@ -17,6 +17,7 @@ from gateway.model_client import ModelClient, Routing
 from gateway.settings import VERSION_LABEL_PATTERN, Settings
 from gateway.traffic import CanarySplit, CanarySplitSource
 from gateway.uploads import ImageDecoder, UploadHold
+from gateway.verdict import BandSource
 
 # TF Serving's version numbers are int64: a larger one cannot even be put in the request.
 MAX_MODEL_VERSION = 2**63 - 1
@@ -40,6 +41,11 @@ def get_decoder(request: Request) -> ImageDecoder:
 def get_metrics(request: Request) -> GatewayMetrics:
     metrics: GatewayMetrics = request.app.state.metrics
     return metrics
+
+
+def get_bands(request: Request) -> BandSource:
+    bands: BandSource = request.app.state.bands
+    return bands
 
 
 def get_canary_split(request: Request) -> CanarySplit:
@@ -70,6 +76,7 @@ MetricsDep = Annotated[GatewayMetrics, Depends(get_metrics)]
 TimingsDep = Annotated[StageTimings, Depends(get_timings)]
 CanarySplitDep = Annotated[CanarySplit, Depends(get_canary_split)]
 UploadHoldDep = Annotated[UploadHold, Depends(get_upload_hold)]
+BandsDep = Annotated[BandSource, Depends(get_bands)]
 
 
 def get_routing(

@@ -32,6 +32,7 @@ from gateway.security import AccessControl
 from gateway.settings import Settings, get_settings
 from gateway.traffic import CanarySplitSource
 from gateway.uploads import ImageDecoder, MemoryBudget
+from gateway.verdict import BandSource
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("gateway.access")
@@ -121,6 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_pixels=settings.max_pixels,
             memory_budget_bytes=settings.decode_memory_budget_bytes,
             retry_after_seconds=settings.retry_after_seconds,
+            read_provenance=settings.read_provenance,
         )
         app.state.model_client = client
         app.state.decoder = decoder
@@ -169,6 +171,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.canary_split = CanarySplitSource(settings)
     metrics.canary_percent.set_function(lambda: app.state.canary_split.current().percent)
     app.state.upload_budget = MemoryBudget(settings.upload_memory_budget_bytes)
+    app.state.bands = BandSource(settings.model_card_directory)
     register_error_handlers(app)
     app.include_router(api.router)
     app.mount("/static", StaticFiles(directory=api.STATIC_DIRECTORY), name="static")

@@ -17,7 +17,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from common import metric_names
 
 NAMESPACE = metric_names.GATEWAY_NAMESPACE
-STAGES = ("read", "decode", "resize", "model_call", "total")
+STAGES = ("read", "decode", "resize", "provenance", "model_call", "total")
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 # Seconds: from a cached 256x256 decode (~1 ms) to a slow model call on a busy CPU (~10 s).
@@ -50,7 +50,8 @@ class GatewayMetrics:
         )
         self.stage_seconds = Histogram(
             metric_names.STAGE_SECONDS,
-            "Latency of each stage of a prediction: read (upload), decode, resize, model_call, total.",
+            "Latency of each stage of a prediction: read (upload), decode, resize, provenance, model_call, "
+            "total.",
             ["stage"],
             namespace=NAMESPACE,
             registry=self.registry,

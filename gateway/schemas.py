@@ -7,6 +7,27 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 
+class ProvenanceFinding(BaseModel):
+    """What the file's own bytes say about where it came from (docs/provenance.md)."""
+
+    kind: Literal[
+        "c2pa", "digital_source_type", "generator_parameters", "software", "camera", "metadata_error"
+    ]
+    finding: str = Field(description="the finding in plain words")
+    implies: Literal["ai", "hint_ai", "camera", "none"] = Field(
+        description="'ai': declares generation by an AI model and decides the verdict; 'hint_ai': points "
+        "to a generator without proving it; 'camera': claims a capture (proves nothing alone); 'none'"
+    )
+
+
+VERDICT_DESCRIPTION = (
+    "'ai', 'real' or 'inconclusive'. A provenance finding that implies 'ai' decides 'ai'; otherwise the "
+    "pixel score with the model's inconclusive band (fitted on validation data for a stated error rate "
+    "among decided answers, shipped in the model card; without one, the threshold decides). Missing "
+    "metadata proves nothing."
+)
+
+
 class PredictionResponse(BaseModel):
     success: Literal[True] = True
     ai_probability: float = Field(
@@ -22,6 +43,11 @@ class PredictionResponse(BaseModel):
     model_version: int
     version_label: str = Field(description="label that routed the request, 'pinned' or 'latest'")
     request_id: str
+    verdict: Literal["ai", "real", "inconclusive"] = Field(description=VERDICT_DESCRIPTION)
+    verdict_reason: str = Field(description="why, in plain words")
+    provenance: list[ProvenanceFinding] = Field(
+        description="what the file's metadata says (C2PA, IPTC/XMP, EXIF, generator parameters)"
+    )
 
 
 class BatchItem(BaseModel):
@@ -37,6 +63,11 @@ class BatchItem(BaseModel):
     status: int | None = Field(default=None, description="the HTTP status this file alone would get")
     model_version: int | None = Field(default=None, description="the version that answered for this file")
     version_label: str | None = None
+    verdict: Literal["ai", "real", "inconclusive"] | None = Field(
+        default=None, description=VERDICT_DESCRIPTION
+    )
+    verdict_reason: str | None = None
+    provenance: list[ProvenanceFinding] | None = None
 
 
 class BatchPredictionResponse(BaseModel):
@@ -76,6 +107,11 @@ class ModelInfoResponse(BaseModel):
     canary: dict[str, Any] | None = None
     upload_limits: dict[str, int] = Field(
         description="max_upload_bytes, max_pixels, max_batch_files, max_batch_bytes"
+    )
+    verdict_band: dict[str, float] | None = Field(
+        default=None,
+        description="the inconclusive band of this version's pixel score (real_below, ai_from, "
+        "target_error), from its model card; None without one",
     )
     model_card: dict[str, Any] | None = Field(
         default=None,

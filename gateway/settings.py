@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     # batch upload holds up to max_batch_bytes until its deadline). Over it: 503 + Retry-After.
     upload_memory_budget_bytes: int = Field(default=256 * MEBIBYTE, ge=MEBIBYTE)
 
+    # Read what the upload's own metadata says about its origin (C2PA, IPTC/XMP, EXIF, generator
+    # parameters: gateway/provenance.py). Off: the pixel score alone decides, and the answer says so.
+    read_provenance: bool = True
+
     # A folder of `<version>/model_card.json` (the model's base path, when the gateway can see it):
     # GET /v1/model then includes the card. Optional; TF Serving does not serve assets over gRPC.
     model_card_directory: Path | None = None

@@ -36,6 +36,7 @@ from gateway.errors import (
     TooManyFilesError,
     UploadTooLargeError,
 )
+from gateway.provenance import Finding, read_provenance
 
 MULTIPART_CONTENT_TYPE = b"multipart/form-data"
 # Room for part headers and small form fields on top of the files' own bytes.
@@ -229,16 +230,25 @@ class DecodedImage:
     pixels: np.ndarray  # uint8 [256, 256, 3]
     decode_seconds: float
     resize_seconds: float
+    provenance: tuple[Finding, ...] | None = None  # None: not read (settings.read_provenance off)
+    provenance_seconds: float = 0.0
 
 
-def finish_decode(header: Image.Image, started: float) -> DecodedImage:
+def finish_decode(header: Image.Image, started: float, image_bytes: bytes | None = None) -> DecodedImage:
     """The rest of common.preprocessing.decode_and_resize after `open_header`, in two timed halves
-    (same functions, same result: tests/gateway/test_uploads.py)."""
+    (same functions, same result: tests/gateway/test_uploads.py); then, given the original bytes,
+    their provenance (from the metadata Pillow parsed on the way)."""
     image = load_rgb(header)
     decoded = time.perf_counter()
     pixels = resize_to_model_input(image)
+    resized = time.perf_counter()
+    findings = read_provenance(image_bytes, header) if image_bytes is not None else None
     return DecodedImage(
-        pixels, decode_seconds=decoded - started, resize_seconds=time.perf_counter() - decoded
+        pixels,
+        decode_seconds=decoded - started,
+        resize_seconds=resized - decoded,
+        provenance=findings,
+        provenance_seconds=time.perf_counter() - resized,
     )
 
 
@@ -298,9 +308,15 @@ class ImageDecoder:
     ServerBusyError (503 + Retry-After), one that could never fit gets UploadTooLargeError."""
 
     def __init__(
-        self, threads: int, max_pixels: int, memory_budget_bytes: int, retry_after_seconds: int = 5
+        self,
+        threads: int,
+        max_pixels: int,
+        memory_budget_bytes: int,
+        retry_after_seconds: int = 5,
+        read_provenance: bool = True,
     ) -> None:
         self.max_pixels = max_pixels
+        self.read_provenance = read_provenance
         self.budget = MemoryBudget(memory_budget_bytes)
         self.retry_after_seconds = retry_after_seconds
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
@@ -325,7 +341,9 @@ class ImageDecoder:
             )
         lane = self._large if cost > LARGE_DECODE_BYTES else self._executor
         try:
-            future = lane.submit(finish_decode, header, started)
+            future = lane.submit(
+                finish_decode, header, started, image_bytes if self.read_provenance else None
+            )
         except BaseException:
             self.budget.release(cost)
             raise

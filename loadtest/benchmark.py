@@ -571,6 +571,84 @@ def cpu_budget_command(
     )  # fmt: skip
 
 
+@app.command("provenance")
+def provenance_cost(
+    rounds: Annotated[int, typer.Option(help="A B pairs per concurrency")] = 5,
+    seconds: Annotated[float, typer.Option(help="closed-loop time of each step")] = 15.0,
+    concurrency: Annotated[str, typer.Option(help="comma-separated client counts")] = "1,8",
+    models_dir: ModelsDir = REPO_ROOT / "models",
+    uploads: Uploads = UPLOADS_DIRECTORY,
+    work_dir: WorkDir = REPO_ROOT / "results" / "benchmark",
+) -> None:
+    """What reading provenance adds to POST /predict (about 6 minutes): the starter model behind two
+    gateways, read_provenance on and off, steps alternating; p50/p95 of each and their ratios."""
+    import statistics
+
+    results_folder = new_results_folder(work_dir)
+    samples = load_uploads(uploads)
+    bodies = [multipart_upload(sample) for sample in samples]
+
+    def measure() -> dict[str, Any]:
+        model = find_starter(models_dir, require_keras_model=False)
+        models, config_file = model_workspace(model, results_folder / "workspace")
+        stacks = {
+            setting: LocalStack(
+                models,
+                config_file,
+                results_folder / "logs" / setting,
+                gateway_settings={"read_provenance": setting},
+            )
+            for setting in ("true", "false")
+        }
+        steps: list[dict[str, Any]] = []
+        try:
+            for stack in stacks.values():
+                stack.start(START_TIMEOUT_SECONDS)
+                generator.closed_loop(stack.gateway_url, bodies, 2, 5.0, seed=0)  # warm-up, discarded
+            for clients in (int(count) for count in split_list(concurrency)):
+                for index in range(rounds):
+                    order = ("true", "false") if index % 2 == 0 else ("false", "true")
+                    for setting in order:
+                        step = generator.closed_loop(
+                            stacks[setting].gateway_url, bodies, clients, seconds, index
+                        )
+                        steps.append(
+                            {"read_provenance": setting, "clients": clients, "round": index} | step.to_dict()
+                        )
+                        print(f"  {clients} clients, read_provenance={setting}: p50 {step.p50_ms:.1f} ms, "
+                              f"p95 {step.p95_ms:.1f} ms, failed {step.failed}", flush=True)  # fmt: skip
+        finally:
+            for stack in stacks.values():
+                stack.stop()
+            shutil.rmtree(results_folder / "workspace", ignore_errors=True)
+        return {"model": model.description, "steps": steps}
+
+    results = run_or_exit("provenance", measure)
+    lines = [
+        "| clients | p50 off -> on (ms) | p95 off -> on (ms) | p50 ratio on/off | p95 ratio on/off |",
+        "|---|---|---|---|---|",
+    ]
+    for clients in sorted({step["clients"] for step in results["steps"]}):
+        pairs = [
+            [step for step in results["steps"] if step["clients"] == clients and step["round"] == index]
+            for index in range(rounds)
+        ]
+        on = [next(s for s in pair if s["read_provenance"] == "true") for pair in pairs]
+        off = [next(s for s in pair if s["read_provenance"] == "false") for pair in pairs]
+        row = [f"| {clients} "]
+        for key in ("p50_ms", "p95_ms"):
+            before, after = (statistics.median(step[key] for step in side) for side in (off, on))
+            row.append(f"| {before:.1f} -> {after:.1f} ")
+        for key in ("p50_ms", "p95_ms"):
+            ratios = [a[key] / b[key] for a, b in zip(on, off, strict=True)]
+            row.append(f"| {statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f}) ")
+        lines.append("".join(row) + "|")
+    results |= {"machine": machine_description(), "code_version": code_version(), "table": lines}
+    (results_folder / "provenance.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print("\n".join(lines))
+    print(f"\nraw numbers in {results_folder / 'provenance.json'}")
+
+
 @app.command(hidden=True)
 def raw(
     version_dir: Annotated[Path, typer.Argument(help="a SavedModel version folder")],

@@ -249,6 +249,7 @@ STAGE_ROWS = (
     ("read", "read the upload (gateway)"),
     ("decode", "decode (Pillow, gateway)"),
     ("resize", "crop + resize (gateway)"),
+    ("provenance", "provenance metadata (gateway)"),
     ("grpc_and_transport", "gRPC + transport (model_call − server time)"),
     ("server_queue", "queue for a batch (model server)"),
     ("server_runtime_per_batch", "model run, per batch (model server)"),
@@ -290,7 +291,9 @@ def stage_table(
         digits = 2 if stage == "mean_batch_size" else 1
         lines.append(
             f"| {label} | "
-            + " | ".join(cell([item[stage] for item in values], digits) for _, values in columns)
+            + " | ".join(
+                cell([item.get(stage, math.nan) for item in values], digits) for _, values in columns
+            )
             + " |"
         )
     return [*lines, ""]

@@ -3,7 +3,8 @@
 Both metric pages are scraped before and after a measurement step; the differences of each
 histogram's `_sum` and `_count` give the mean of each stage over exactly that step:
 
-- gateway (`aidetect_gateway_stage_seconds{stage}`): read (upload), decode, resize, model_call, total;
+- gateway (`aidetect_gateway_stage_seconds{stage}`): read (upload), decode, resize, provenance,
+  model_call, total;
 - model server (TF Serving's names): request_latency (the server's whole Predict), queuing_latency
   (waiting for a batch), runtime_latency (one model run, per batch), input_batch_size.
 
@@ -62,6 +63,7 @@ class StageBreakdown:
     read: float
     decode: float
     resize: float
+    provenance: float
     model_call: float
     gateway_total: float
     server_request: float
@@ -80,13 +82,14 @@ class StageBreakdown:
 
     @property
     def gateway_other(self) -> float:
-        return self.gateway_total - self.read - self.decode - self.resize - self.model_call
+        return self.gateway_total - self.read - self.decode - self.resize - self.provenance - self.model_call
 
     def to_dict(self) -> dict[str, Any]:
         values = {
             "read": self.read,
             "decode": self.decode,
             "resize": self.resize,
+            "provenance": self.provenance,
             "model_call": self.model_call,
             "gateway_total": self.gateway_total,
             "gateway_other": self.gateway_other,
@@ -118,6 +121,7 @@ def breakdown(
         read=gateway_ms("read")[0],
         decode=gateway_ms("decode")[0],
         resize=gateway_ms("resize")[0],
+        provenance=gateway_ms("provenance")[0],
         model_call=gateway_ms("model_call")[0],
         gateway_total=total,
         server_request=server_ms(SERVER_REQUEST_LATENCY),

@@ -24,6 +24,7 @@ from sklearn import metrics as sk_metrics
 
 from common import signatures
 from common.preprocessing import open_image, resize_to_model_input
+from training import selective
 from training.data import (
     LABEL_NAMES,
     Example,
@@ -220,6 +221,14 @@ def evaluate_model(model: Any, examples: Sequence[Example], robustness: bool = T
             "reliability_uncalibrated": reliability_curve(test_probabilities_raw, test_labels),
             "reliability_calibrated": reliability_curve(test_probabilities, test_labels),
         },
+    }
+    # The three-way verdict's band, fitted where the threshold is (training/selective.py); its outcome
+    # on the test split is reported with the test split's other figures, once.
+    band = selective.fit_band(
+        validation_probabilities[calibration], validation_labels[calibration], threshold
+    )
+    report["verdict_band"] = band | {
+        "test": selective.band_outcome(test_probabilities, test_labels, band["real_below"], band["ai_from"])
     }
     if robustness:
         report["robustness"] = {

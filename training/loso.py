@@ -36,7 +36,7 @@ import typer
 
 from common.logs import configure_logging
 from common.preprocessing import IMAGE_SIZE
-from training import features, recipes
+from training import features, recipes, selective
 from training.data import Example, calibration_indices, load_examples
 from training.evaluate import sigmoid
 
@@ -113,9 +113,21 @@ def evaluate_recipe(
         if flipped is not None:
             logits = (logits + head.logits(flipped[held_out])) / 2.0
         probabilities = sigmoid(logits / head.temperature)
+        # The band as training fits it (on this fold's calibration images), judged on the left-out source.
+        band = selective.fit_band(
+            sigmoid(head.logits(evaluation_view[calibration]) / head.temperature),
+            labels[calibration],
+            head.threshold,
+        )
         folds[source] = fold_metrics(probabilities, labels[held_out], head.threshold) | {
             "threshold": head.threshold,
             "temperature": head.temperature,
+            "verdict_band": {key: band[key] for key in ("real_below", "ai_from", "width_log_odds")}
+            | {
+                "held_out": selective.band_outcome(
+                    probabilities, labels[held_out], band["real_below"], band["ai_from"]
+                )
+            },
         }
         images[source] = {
             "index": held_out.tolist(),
@@ -129,10 +141,20 @@ def evaluate_recipe(
         "min_ai_recall": min(fold["ai_recall"] for fold in folds.values()),
         "min_real_recall": min(fold["real_recall"] for fold in folds.values()),
     }
+    outcomes = [fold["verdict_band"]["held_out"] for fold in folds.values()]
+    band_summary = {
+        "inconclusive_share": float(np.mean([outcome["inconclusive_share"] for outcome in outcomes])),
+        "decided_error_rate": float(
+            sum(outcome["decided_errors"] for outcome in outcomes)
+            / max(sum(o["decided"] for o in outcomes), 1)
+        ),
+        "worst_decided_error_rate": max((o["decided_error_rate"] or 0.0) for o in outcomes),
+    }
     return {
         "recipe": recipe.to_dict(),
         "folds": folds,
         "mean": mean,
+        "verdict_band": band_summary,
         "seconds": round(time.monotonic() - started, 1),
         "images": images,
     }

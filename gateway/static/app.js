@@ -100,10 +100,49 @@ function updateButtons(busy = false) {
   elements.analyze.textContent = busy ? "Analyzing…" : "Analyze";
 }
 
+const VERDICT_TEXT = {
+  ai: "Likely AI-generated",
+  real: "Likely a real photo",
+  inconclusive: "Inconclusive: too close to call",
+};
+const IMPLIES_TEXT = {
+  ai: "declares AI generation",
+  hint_ai: "hint of a generator",
+  camera: "claims a camera",
+  none: "no bearing",
+};
+
+function showProvenance(list, findings) {
+  list.replaceChildren();
+  for (const finding of findings || []) {
+    const item = document.createElement("li");
+    item.className = `implies-${finding.implies}`;
+    const tag = document.createElement("span");
+    tag.className = "tag";
+    tag.textContent = IMPLIES_TEXT[finding.implies] || finding.implies;
+    item.append(tag, ` ${finding.finding}`);
+    list.appendChild(item);
+  }
+  if (!list.children.length) {
+    const item = document.createElement("li");
+    item.className = "implies-none";
+    item.textContent = "No provenance metadata in the file (its absence proves nothing: most sites strip it).";
+    list.appendChild(item);
+  }
+}
+
+function showBand(gauge, band) {
+  const mark = gauge.querySelector(".band");
+  mark.hidden = !band;
+  if (!band) return;
+  mark.style.left = `${band.real_below * 100}%`;
+  mark.style.width = `${(band.ai_from - band.real_below) * 100}%`;
+}
+
 function showResult(card, result) {
   const gauge = card.querySelector(".gauge");
   const state = card.querySelector(".state");
-  card.classList.remove("is-ai", "is-real", "is-error");
+  card.classList.remove("is-ai", "is-real", "is-inconclusive", "is-error");
   if (!result.success) {
     card.classList.add("is-error");
     state.textContent = result.error;
@@ -111,15 +150,18 @@ function showResult(card, result) {
     return;
   }
   const percent = result.ai_probability;
-  const isAi = result.label === "ai";
-  card.classList.add(isAi ? "is-ai" : "is-real");
+  const verdict = result.verdict || result.label;
+  card.classList.add(`is-${verdict}`);
   state.textContent = "";
   gauge.hidden = false;
   const bar = gauge.querySelector(".bar");
   bar.setAttribute("aria-valuenow", percent.toFixed(2));
   gauge.querySelector(".fill").style.width = `${Math.min(100, Math.max(0, percent))}%`;
   gauge.querySelector(".threshold-mark").style.left = `${result.threshold * 100}%`;
-  gauge.querySelector(".verdict").textContent = isAi ? "Likely AI-generated" : "Likely a real photo";
+  gauge.querySelector(".verdict").textContent = VERDICT_TEXT[verdict] || verdict;
+  gauge.querySelector(".reason").textContent = result.verdict_reason || "";
+  showBand(gauge, knownModel.version === result.model_version ? knownModel.band : null);
+  showProvenance(gauge.querySelector(".provenance"), result.provenance);
   gauge.querySelector(".numbers").textContent =
     `${percent.toFixed(2)} % AI · threshold ${(result.threshold * 100).toFixed(1)} % · ` +
     `model v${result.model_version}`;
@@ -168,7 +210,7 @@ async function analyze() {
 }
 
 // The model the page last heard about; a prediction updates the version, /v1/model also the threshold.
-const knownModel = { threshold: undefined };
+const knownModel = { threshold: undefined, version: undefined, band: null };
 
 function updateModelInfo(name, version, label, threshold) {
   if (!name || version === null || version === undefined) return;
@@ -187,6 +229,8 @@ async function loadModelInfo() {
     }
     const info = await response.json();
     Object.assign(uploadLimits, info.upload_limits || {});
+    knownModel.version = info.model_version;
+    knownModel.band = info.verdict_band || null;
     updateModelInfo(info.model_name, info.model_version, info.version_label, info.threshold);
   } catch (error) {
     elements.modelInfo.textContent = `Model: server unreachable (${error.message})`;

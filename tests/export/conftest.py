@@ -42,7 +42,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, ai_vs_real_dir: Path) -> 
     import keras
 
     from export.reference import build_reference_set, keras_logits
-    from training import run_folder
+    from training import run_folder, selective
     from training.data import by_split, limit_per_split, load_examples, with_splits
     from training.models import build_classifier
 
@@ -54,7 +54,9 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, ai_vs_real_dir: Path) -> 
     run_folder.write_splits(run_dir, ai_vs_real_dir, examples)  # as training.train writes it
     validation = [example.path for example in by_split(examples, "val")]
     logits = keras_logits(classifier, build_reference_set(validation).images)
-    threshold = float(np.median(1.0 / (1.0 + np.exp(-logits / TEMPERATURE))))
+    validation_probabilities = 1.0 / (1.0 + np.exp(-logits / TEMPERATURE))
+    threshold = float(np.median(validation_probabilities))
+    validation_labels = np.asarray([example.label for example in by_split(examples, "val")])
     config = {
         "data": str(ai_vs_real_dir),
         "backbone": "efficientnet_lite0",
@@ -79,6 +81,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, ai_vs_real_dir: Path) -> 
         },
         "test_split": "test",
         "robustness": {"clean": 0.5, "jpeg_q50": 0.5},
+        "verdict_band": selective.fit_band(validation_probabilities, validation_labels, threshold),
     }
     (run_dir / "config.json").write_text(json.dumps(config))
     (run_dir / "evaluation.json").write_text(json.dumps(evaluation))

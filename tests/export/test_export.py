@@ -188,6 +188,8 @@ def test_model_card_describes_the_version(first_export: Path, tiny_run: Path) ->
     assert card["evaluation"]["test"]["per_source"]["imagenet-sample"]["accuracy"] == 0.5
     assert "classification_report" not in card["evaluation"]["test"]
     assert card["evaluation"]["robustness"] == evaluation["robustness"]
+    assert card["verdict_band"] == evaluation["verdict_band"]  # what the gateway's verdict reads
+    assert 0.0 <= card["verdict_band"]["real_below"] <= card["verdict_band"]["ai_from"] <= 1.0
     assert card["data"]["fingerprint"] == "fixture"
     licences = {source["source"]: source["licence"] for source in card["data"]["sources"]}
     assert licences["sd15-cheatsheet"] == "MIT" and "ImageNet" in licences["imagenet-sample"]
@@ -199,6 +201,7 @@ def test_model_card_describes_the_version(first_export: Path, tiny_run: Path) ->
     assert {"JPEG", "PNG", "BMP", "GIF"} <= set(validation[signatures.BYTES_SIGNATURE]["formats"])
     markdown = (first_export / "model_card.md").read_text()
     assert f"{evaluation['threshold']:.4f}" in markdown and "MIT" in markdown
+    assert "## Three-way verdict" in markdown
 
 
 def test_next_export_is_a_new_version_and_never_touches_the_old_one(

@@ -180,7 +180,13 @@ def live_stack(
         config_file, tiny_model_repository.models, grpc_port, rest_port, root / "model_server.log"
     )
     address = f"127.0.0.1:{grpc_port}"
-    gateway = gateway_process(gateway_port, address, root / "gateway.log", retry_after_seconds="7")
+    gateway = gateway_process(
+        gateway_port,
+        address,
+        root / "gateway.log",
+        retry_after_seconds="7",
+        model_card_directory=str(tiny_model_repository.models / MODEL_NAME),
+    )
     stack = LiveStack(server, gateway, f"http://127.0.0.1:{gateway_port}", address)
     server.start()
     gateway.start()

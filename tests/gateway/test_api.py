@@ -24,6 +24,9 @@ PREDICTION_FIELDS = {
     "model_version",
     "version_label",
     "request_id",
+    "verdict",
+    "verdict_reason",
+    "provenance",
 }
 
 

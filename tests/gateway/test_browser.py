@@ -30,7 +30,12 @@ CHROMIUM_ARGUMENTS = [
     "--no-first-run",
 ]
 SCREENSHOT = REPO_ROOT / "docs" / "gateway-web-page.png"
-VERDICTS = {"ai": "Likely AI-generated", "real": "Likely a real photo"}
+VERDICTS = {
+    "ai": "Likely AI-generated",
+    "real": "Likely a real photo",
+    "inconclusive": "Inconclusive: too close to call",
+}
+PROVENANCE_SCREENSHOT = REPO_ROOT / "docs" / "gateway-verdict-provenance.png"
 
 if os.environ.get("AIDETECT_SKIP_BROWSER_TESTS") == "1":
     pytest.skip("AIDETECT_SKIP_BROWSER_TESTS=1", allow_module_level=True)
@@ -61,10 +66,52 @@ def page(browser, live_stack: LiveStack) -> Iterator[object]:  # type: ignore[no
 
 
 def expected_label(stack: LiveStack, path: Path) -> str:
+    """The verdict the API gives this file (the page must show the same)."""
     response = httpx.post(
         f"{stack.gateway_url}/predict", files={"file": (path.name, path.read_bytes())}, timeout=60
     )
-    return str(response.json()["label"])
+    return str(response.json()["verdict"])
+
+
+def screenshot_path(wanted: Path, tmp_path: Path) -> Path:
+    return wanted if os.environ.get("AIDETECT_SAVE_SCREENSHOTS") == "1" else tmp_path / wanted.name
+
+
+def test_verdict_band_and_provenance_are_shown(page, live_stack: LiveStack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A PNG whose text chunks hold Stable Diffusion parameters (decided 'ai' by its metadata), a
+    mid-grey image inside the band (inconclusive), and a JPEG whose EXIF names a camera (decided by
+    the pixel score all the same)."""
+    from playwright.sync_api import expect
+
+    from tests.gateway import images, provenance_files
+
+    made = {
+        "generated.png": provenance_files.png_with_text(parameters=provenance_files.SD_PARAMETERS),
+        "grey.png": images.solid(128),
+        "camera.jpg": images.encode(
+            images.gradient(), "JPEG", exif=provenance_files.exif(make="Canon", model="EOS R5").tobytes()
+        ),
+    }
+    paths = []
+    for name, data in made.items():
+        (tmp_path / name).write_bytes(data)
+        paths.append(tmp_path / name)
+    expect(page.locator("#model-info")).to_contain_text("ai_detector v1")
+    page.set_input_files("#file-input", [str(path) for path in paths])
+    page.click("#analyze")
+    cards = page.locator(".card")
+    expect(cards.nth(0).locator(".verdict")).to_have_text(VERDICTS["ai"], timeout=60_000)
+    expect(cards.nth(0).locator(".reason")).to_contain_text("decided by the file's own metadata")
+    expect(cards.nth(0).locator(".provenance .implies-ai")).to_contain_text("Stable Diffusion web UI")
+    expect(cards.nth(1).locator(".verdict")).to_have_text(VERDICTS["inconclusive"])
+    expect(cards.nth(1).locator(".reason")).to_contain_text("inconclusive band [0.350, 0.650)")
+    expect(cards.nth(1).locator(".band")).to_be_visible()
+    expect(cards.nth(1).locator(".provenance")).to_contain_text("its absence proves nothing")
+    expect(cards.nth(2).locator(".verdict")).to_have_text(VERDICTS[expected_label(live_stack, paths[2])])
+    expect(cards.nth(2).locator(".provenance .implies-camera")).to_contain_text("EOS R5")
+    screenshot = screenshot_path(PROVENANCE_SCREENSHOT, tmp_path)
+    page.screenshot(path=str(screenshot), full_page=True)
+    assert screenshot.stat().st_size > 10_000
 
 
 def test_upload_one_file_and_see_the_verdict(

@@ -81,6 +81,8 @@ def write_contract_model(
         "temperature": temperature,
         "threshold": threshold,
         "rule": {"slope": slope, "bias": bias, "delay_milliseconds": delay_milliseconds},
+        # As export writes it (gateway/verdict.py): scores in [0.35, 0.65) are inconclusive.
+        "verdict_band": {"real_below": 0.35, "ai_from": 0.65, "target_error": 0.1},
     }
     (version_path / signatures.MODEL_CARD_FILE).write_text(json.dumps(card, indent=2))
     (version_path / "model_card.md").write_text("# tiny test model\n\nBrightness decides. For tests only.\n")

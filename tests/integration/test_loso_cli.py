@@ -37,6 +37,11 @@ def test_loso_cli_on_a_tiny_subset(ai_vs_real_dir: Path, tmp_path: Path) -> None
             for key in ("accuracy", "roc_auc", "ai_recall", "real_recall"):
                 assert 0.0 <= fold[key] <= 1.0
             assert fold["count_ai"] >= 1 and fold["count_real"] >= 1
+            # The three-way verdict's band, fitted on the fold's calibration images, judged on the source.
+            band = fold["verdict_band"]
+            assert 0.0 <= band["real_below"] <= band["ai_from"] <= 1.0
+            assert 0.0 <= band["held_out"]["inconclusive_share"] <= 1.0
+        assert 0.0 <= result["verdict_band"]["inconclusive_share"] <= 1.0
         assert 0.0 <= result["mean"]["roc_auc"] <= 1.0
     # Evaluated images come from the left-out source's train+val: the test split is never used.
     subset = loso.limit_per_source(examples, 1)

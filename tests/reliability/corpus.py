@@ -357,9 +357,54 @@ def metadata_files() -> dict[str, bytes]:
             encode(images.gradient(32, 24), "PNG"), b"eXIf", rng.randbytes(300)
         ),
     }
+    files |= provenance_files()
     for orientation in (0, 2, 4, 5, 7, 9, 255, 65535):
         exif = exif_blob([(0x0112, 3, 1, struct.pack("<H", orientation))])
         files[f"jpeg-exif-orientation-{orientation}"] = jpeg_with_segment(jpeg, 0xE1, exif)
+    return files
+
+
+def provenance_files() -> dict[str, bytes]:
+    """Hostile provenance metadata (gateway/provenance.py reads it): each must get the decoder's
+    answer, never a server error."""
+    from tests.gateway import provenance_files as made
+
+    signed = made.c2pa_jpeg()
+    segment = signed.index(b"\xff\xeb")  # the APP11 segment holding the C2PA manifest store
+    rng = random.Random(11)
+    files = {
+        "xmp-billion-laughs": made.jpeg(
+            xmp=b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaaaaaaaa">'
+            + b"".join(b'<!ENTITY %c "%s">' % (98 + i, b"&%c;" % (97 + i) * 10) for i in range(8))
+            + b"]><x:xmpmeta xmlns:x='adobe:ns:meta/'><DigitalSourceType>&i;</DigitalSourceType></x:xmpmeta>"
+        ),
+        "xmp-external-entity": made.jpeg(
+            xmp=b'<!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]><x>&e;</x>'
+        ),
+        "xmp-deep-nesting": made.jpeg(xmp=b"<a>" * 9000 + b"<CreatorTool>x" + b"</a>" * 9000),
+        "xmp-not-xml": made.jpeg(xmp=b"DigitalSourceType" + rng.randbytes(30000)),
+        "png-xmp-itxt-1mib": png_with_chunk(
+            made.png_with_text(),
+            b"iTXt",
+            b"XML:com.adobe.xmp\x00\x00\x00\x00\x00<DigitalSourceType>" + b"<x>" * 349_000,
+        ),
+        "png-parameters-1mib": made.png_with_text(parameters="Steps: 1, Sampler: x " * 49_000),
+        "png-comfyui-not-json": made.png_with_text(prompt='{"class_type": ' * 5000, workflow="\x00" * 1000),
+        "jpeg-user-comment-junk": made.jpeg(
+            exif=made.exif(user_comment=b"UNICODE\x00" + rng.randbytes(20000))
+        ),
+        "c2pa-signed": signed,
+        "c2pa-tampered-pixels": made.tampered(signed),
+        "c2pa-label-in-junk-app11": jpeg_with_segment(made.jpeg(), 0xEB, b"JP\x00\x01" + b"c2pa" * 2000),
+        "c2pa-manifest-zeroed": signed[: segment + 60] + bytes(400) + signed[segment + 460 :],
+        "c2pa-manifest-random": signed[: segment + 60] + rng.randbytes(2000) + signed[segment + 2060 :],
+        "c2pa-png-signed": made.c2pa_png(),
+    }
+    for index in range(6):
+        flipped = bytearray(signed)
+        for _ in range(8):
+            flipped[rng.randrange(segment + 4, segment + 4000)] ^= 1 << rng.randrange(8)
+        files[f"c2pa-manifest-bit-flips-{index}"] = bytes(flipped)
     return files
 
 
