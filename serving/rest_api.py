@@ -43,7 +43,7 @@ from serving.errors import (
 )
 from serving.grpc_api import SIGNATURE_DEF_FIELD, metadata_response, status_response
 from serving.metrics import ServerMetrics
-from serving.model_manager import ModelManager
+from serving.model_manager import ModelManager, require_model_name
 from serving.runtime import SignatureSpec, TensorSpec
 
 _VERSION_OR_LABEL = r"(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
@@ -304,8 +304,7 @@ class RestApi:
             return await self._predict(request, spec)
         if method == "GET" and (match := STATUS_PATH.fullmatch(path)):
             name, version, label, metadata = match.groups()
-            if not name:
-                raise InvalidArgumentError("Missing model name in request.")
+            require_model_name(name or "")
             spec = _model_spec(name, version, label)
             if metadata:
                 response = await run_in_threadpool(
