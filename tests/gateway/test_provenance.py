@@ -64,6 +64,14 @@ def test_xmp_digital_source_type_of_generative_ai_declares_ai(source_type: str, 
     assert source_type in finding.finding
 
 
+@pytest.mark.parametrize("image_format", ["TIFF", "WEBP"])
+def test_xmp_and_exif_of_tiff_and_webp_are_read_too(image_format: str) -> None:
+    packet = files.xmp_packet("trainedAlgorithmicMedia")
+    options = {"tiffinfo": {700: packet}} if image_format == "TIFF" else {"xmp": packet}
+    data = images.encode(files.base_image(), image_format, **options)
+    assert implications(data) == [("digital_source_type", "ai")]
+
+
 def test_xmp_capture_source_type_and_creator_tool() -> None:
     data = files.jpeg(xmp=files.xmp_packet("digitalCapture", creator_tool="Adobe Lightroom Classic 13.0"))
     assert implications(data) == [("digital_source_type", "camera"), ("software", "none")]
