@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -35,105 +36,81 @@ class GatewayMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        self.requests = Counter(
+        # Every metric has the gateway's prefix and lives on this registry.
+        counter = partial(Counter, namespace=NAMESPACE, registry=self.registry)
+        gauge = partial(Gauge, namespace=NAMESPACE, registry=self.registry)
+        histogram = partial(Histogram, namespace=NAMESPACE, registry=self.registry)
+        self.requests = counter(
             "requests",
             "HTTP requests by route template and status class.",
             ["route", "status_class"],
-            namespace=NAMESPACE,
-            registry=self.registry,
         )
-        self.in_flight = Gauge(
+        self.in_flight = gauge(
             "requests_in_flight",
             "HTTP requests being handled now.",
-            namespace=NAMESPACE,
-            registry=self.registry,
         )
-        self.stage_seconds = Histogram(
+        self.stage_seconds = histogram(
             metric_names.STAGE_SECONDS,
             "Latency of each stage of a prediction: read (upload), decode, resize, provenance, model_call, "
             "total.",
             ["stage"],
-            namespace=NAMESPACE,
-            registry=self.registry,
             buckets=LATENCY_BUCKETS,
         )
-        self.upload_bytes = Histogram(
+        self.upload_bytes = histogram(
             "upload_bytes",
             "Size of each uploaded file in bytes.",
-            namespace=NAMESPACE,
-            registry=self.registry,
             buckets=UPLOAD_BYTES_BUCKETS,
         )
-        self.image_errors = Counter(
+        self.image_errors = counter(
             "image_errors",
             "Uploads refused, by HTTP status (400 not an image/corrupt, 413 too large, 415 unsupported).",
             ["status"],
-            namespace=NAMESPACE,
-            registry=self.registry,
         )
-        self.upstream_errors = Counter(
+        self.upstream_errors = counter(
             "upstream_errors",
             "Failed calls to the model server by gRPC status code (each attempt, retries included).",
             ["code"],
-            namespace=NAMESPACE,
-            registry=self.registry,
         )
-        self.upstream_retries = Counter(
+        self.upstream_retries = counter(
             "upstream_retries",
             "Calls to the model server retried after UNAVAILABLE.",
-            namespace=NAMESPACE,
-            registry=self.registry,
         )
-        self.scores = Histogram(
+        self.scores = histogram(
             "score",
             "Calibrated P(AI-generated) of each prediction: watch its shape for drift.",
             ["model_name", "model_version"],
-            namespace=NAMESPACE,
-            registry=self.registry,
             buckets=SCORE_BUCKETS,
         )
-        self.predictions = Counter(
+        self.predictions = counter(
             "predictions",
             "Predictions by verdict.",
             ["model_name", "model_version", "label"],
-            namespace=NAMESPACE,
-            registry=self.registry,
         )
-        self.model_requests = Counter(
+        self.model_requests = counter(
             metric_names.MODEL_REQUESTS,
             "Model calls by version label and outcome (ok / error), once per request after retries.",
             ["model_name", "version_label", "outcome"],
-            namespace=NAMESPACE,
-            registry=self.registry,
         )
-        self.model_request_seconds = Histogram(
+        self.model_request_seconds = histogram(
             metric_names.MODEL_REQUEST_SECONDS,
             "Duration of each model call (retries included) by version label.",
             ["model_name", "version_label"],
-            namespace=NAMESPACE,
-            registry=self.registry,
             buckets=LATENCY_BUCKETS,
         )
-        self.rate_limit_store_errors = Counter(
+        self.rate_limit_store_errors = counter(
             "rate_limit_store_errors",
             "Requests let through because the rate-limit store could not be reached (fail open).",
-            namespace=NAMESPACE,
-            registry=self.registry,
         )
         # The canary share in force (read at scrape time): the rollout waits until every gateway
         # reports the new share before it judges the canary (k8s/rollout.py TrafficSwitch.settle).
-        self.canary_percent = Gauge(
+        self.canary_percent = gauge(
             metric_names.CANARY_PERCENT,
             "Share (0-100) of unpinned requests this gateway sends to the canary label now.",
-            namespace=NAMESPACE,
-            registry=self.registry,
         )
-        self.model_info = Gauge(
+        self.model_info = gauge(
             "model_info",
             "1 for each model version that answered, with the version label that routed to it.",
             ["model_name", "model_version", "version_label"],
-            namespace=NAMESPACE,
-            registry=self.registry,
         )
 
     def observe_model_request(

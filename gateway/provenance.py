@@ -175,11 +175,17 @@ def _c2pa(data: bytes, image: Image.Image) -> Iterator[Finding]:
     ]
     ai_types = [code for code in source_types if code in AI_SOURCE_TYPES]
     if state == "Invalid" or failures:
+        changed = any("mismatch" in code or code.startswith("assertion.") for code in failures)
+        why = (
+            "the file changed after signing, so its claims do not describe these pixels"
+            if changed
+            else "its signature or signing credential did not validate, so nothing vouches for its claims"
+        )
         yield Finding(
             "c2pa",
             f"a C2PA manifest (claim generator {generator!r}) is present but does not validate "
-            f"({_short(', '.join(failures) or state)}): the file changed after signing, so its claims "
-            "do not describe these pixels" + (f"; it declared {ai_types[0]}" if ai_types else ""),
+            f"({_short(', '.join(failures) or state)}): {why}"
+            + (f"; it declared {ai_types[0]}" if ai_types else ""),
             "hint_ai" if ai_types else "none",
         )
         return
