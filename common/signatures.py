@@ -6,6 +6,10 @@ and the model card, clients read them from there (GetModelMetadata) or import th
 
 SERVING_SIGNATURE = "serving_default"
 BYTES_SIGNATURE = "predict_image_bytes"
+# Where the model looked (issue 16): the serving signature's outputs plus `heatmap`, on request only.
+EXPLAIN_SIGNATURE = "explain_image"
+OUTPUT_HEATMAP = "heatmap"
+EXPLAIN_GRID = 8  # heatmap cells per side: float32 [N, 8, 8]
 IMAGE_INPUT = "image"
 BYTES_INPUT = "image_bytes"
 OUTPUT_PROBABILITY = "probability"

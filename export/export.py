@@ -2,7 +2,7 @@
 
     python -m export.export runs/efficientnet_lite0 --models-dir models --name ai_detector
 
-Writes `models/<name>/<version>/` (SavedModel with both signatures, warmup records, model card).
+Writes `models/<name>/<version>/` (SavedModel with its three signatures, warmup records, model card).
 Everything is written into a hidden staging folder inside `models/<name>/` first (TF Serving and
 the local server only read integer folder names), validated in a fresh process, and only then
 renamed to `<version>` in one step: a model server never sees a half-written version, a failed

@@ -1,4 +1,4 @@
-"""The served graph: both signatures of the contract around a network that maps images to logits.
+"""The served graph: the contract's signatures (serving, bytes, explain) around a network of images to logits.
 
 `ServingModule` takes any *network* callable (uint8 [N, 256, 256, 3] -> logit [N, 1]): the Keras
 classifier itself (plain fp32 export), or a frozen / optimized graph (see export.optimize). The
@@ -57,7 +57,19 @@ SIGNATURE_CONTRACT: dict[str, tuple[dict[str, TensorContract], dict[str, TensorC
         {signatures.BYTES_INPUT: TensorContract(tf.string, (-1,))},
         _OUTPUTS,
     ),
+    signatures.EXPLAIN_SIGNATURE: (
+        {signatures.IMAGE_INPUT: TensorContract(tf.uint8, (-1, IMAGE_SIZE, IMAGE_SIZE, 3))},
+        _OUTPUTS
+        | {
+            signatures.OUTPUT_HEATMAP: TensorContract(
+                tf.float32, (-1, signatures.EXPLAIN_GRID, signatures.EXPLAIN_GRID)
+            )
+        },
+    ),
 }
+# The explain signature's occlusion: a cell keeps its colours and layout but loses its fine detail
+# (a box blur of this many pixels), which is what the detector's low-level statistics read.
+OCCLUSION_BLUR_PIXELS = 9
 
 _WHITE = 255.0
 
@@ -224,7 +236,7 @@ class _Untracked:
 
 
 class ServingModule(tf.Module):
-    """Both signatures of the contract around `network`.
+    """The three signatures of the contract around `network` (serving, bytes, explain).
 
     `variables_owner` is whatever holds the network's variables (the Keras model for the plain
     export) so tf.saved_model.save writes them; frozen networks have none.
@@ -273,10 +285,42 @@ class ServingModule(tf.Module):
     def serve_image_bytes(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         return self._outputs(decode_image_batch(image_bytes, self.max_pixels))
 
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.uint8, name=signatures.IMAGE_INPUT)
+        ]
+    )
+    def explain_image(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
+        """The serving outputs plus `heatmap`: blur-occlusion sensitivity on an 8x8 grid.
+
+        For each cell, the logit of the image minus the logit of the image whose cell lost its fine
+        detail (box blur): positive where the detail pushes the score toward AI-generated. The
+        network runs on the 64 variants of one image at a time (65 network passes per image), so
+        it works on any network the module wraps, frozen graphs included, and on TF Serving as is.
+        """
+        outputs = self._outputs(image)
+        grid, cell_count = signatures.EXPLAIN_GRID, signatures.EXPLAIN_GRID**2
+        cells = tf.reshape(tf.eye(cell_count), [cell_count, grid, grid, 1])
+        masks = tf.image.resize(cells, [IMAGE_SIZE, IMAGE_SIZE], method="nearest")  # [64, 256, 256, 1]
+
+        def heatmap(pixels: tf.Tensor) -> tf.Tensor:
+            original = tf.cast(pixels, tf.float32)[tf.newaxis]
+            blurred = tf.nn.avg_pool2d(original, OCCLUSION_BLUR_PIXELS, 1, "SAME")
+            variants = tf.cast(tf.round(original * (1.0 - masks) + blurred * masks), tf.uint8)
+            logits = tf.reshape(tf.cast(self._network.network(variants), tf.float32), [grid, grid])
+            base = tf.reshape(tf.cast(self._network.network(pixels[tf.newaxis]), tf.float32), [])
+            return base - logits
+
+        outputs[signatures.OUTPUT_HEATMAP] = tf.map_fn(
+            heatmap, image, fn_output_signature=tf.TensorSpec([grid, grid], tf.float32), parallel_iterations=1
+        )
+        return outputs
+
     def signature_functions(self) -> dict[str, Any]:
         return {
             signatures.SERVING_SIGNATURE: self.serve_image.get_concrete_function(),
             signatures.BYTES_SIGNATURE: self.serve_image_bytes.get_concrete_function(),
+            signatures.EXPLAIN_SIGNATURE: self.explain_image.get_concrete_function(),
         }
 
 
@@ -291,5 +335,5 @@ def keras_logit_network(model: Any) -> Any:
 
 
 def save_serving_module(module: ServingModule, directory: Path) -> None:
-    """Write `module` as a SavedModel with both signatures (the folder must not exist yet)."""
+    """Write `module` as a SavedModel with its signatures (the folder must not exist yet)."""
     tf.saved_model.save(module, str(directory), signatures=module.signature_functions())

@@ -30,6 +30,9 @@ OUTPUT_MEANINGS = {
     signatures.OUTPUT_LOGIT: "raw pre-sigmoid score of the network (uncalibrated)",
     signatures.OUTPUT_THRESHOLD: "the decision threshold, repeated per row",
     signatures.OUTPUT_LABEL: "1 = AI-generated (probability >= threshold), 0 = real",
+    signatures.OUTPUT_HEATMAP: f"`{signatures.EXPLAIN_SIGNATURE}` only: float [N, 8, 8], the logit minus the "
+    "logit when that cell of the 256x256 input loses its fine detail (box blur); positive pushes toward "
+    "AI-generated; 65 network passes per image",
 }
 
 

@@ -1,6 +1,6 @@
 """Export variants: the same network written as different graphs, and the rule that picks one.
 
-Variants (all keep both signatures; they differ only in the network inside):
+Variants (all keep every signature; they differ only in the network inside):
 
 - `fp32`: the Keras network with its variables, as tf.saved_model.save writes it. The reference.
 - `frozen`: variables turned into constants, so the graph optimizer that runs when the model is

@@ -19,6 +19,7 @@ from gateway.dependencies import (
     BandsDep,
     CanarySplitDep,
     DecoderDep,
+    ExplainDep,
     MetricsDep,
     ModelClientDep,
     RoutingDep,
@@ -27,12 +28,14 @@ from gateway.dependencies import (
     UploadHoldDep,
 )
 from gateway.errors import GatewayError, NotReadyError, ServerBusyError, UploadTooLargeError, status_for
+from gateway.explain import explanation
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics, StageTimings
 from gateway.model_client import ModelClient, ModelTarget, Prediction, PredictionBatch
 from gateway.schemas import (
     ERROR_RESPONSES,
     BatchItem,
     BatchPredictionResponse,
+    Explanation,
     HealthResponse,
     ModelInfoResponse,
     PredictionResponse,
@@ -123,10 +126,10 @@ async def decode(decoder: ImageDecoder, file: UploadedFile, timings: StageTiming
 
 
 async def call_model(
-    client: ModelClient, images: np.ndarray, target: ModelTarget, timings: StageTimings
+    client: ModelClient, images: np.ndarray, target: ModelTarget, timings: StageTimings, explain: bool
 ) -> PredictionBatch:
     with timings.measure("model_call"):
-        return await client.predict(images, target)
+        return await client.predict(images, target, explain=explain)
 
 
 def observe(metrics: GatewayMetrics, batch: PredictionBatch, prediction: Prediction) -> None:
@@ -135,10 +138,9 @@ def observe(metrics: GatewayMetrics, batch: PredictionBatch, prediction: Predict
     )
 
 
-def judged(
-    bands: BandSource, batch: PredictionBatch, prediction: Prediction, decoded: DecodedImage
-) -> dict[str, Any]:
-    """The verdict, its reason and the provenance findings of one answered image."""
+def judged(bands: BandSource, batch: PredictionBatch, row: int, decoded: DecodedImage) -> dict[str, Any]:
+    """The verdict, its reason, the provenance findings and (when asked) the heatmap of one image."""
+    prediction = batch.predictions[row]
     verdict, reason = decide(
         decoded.provenance, prediction.probability, prediction.threshold, bands.band(batch.model_version)
     )
@@ -148,6 +150,9 @@ def judged(
         "provenance": [
             ProvenanceFinding.model_validate(finding.to_dict()) for finding in decoded.provenance or ()
         ],
+        "explanation": None
+        if batch.heatmaps is None
+        else Explanation.model_validate(explanation(decoded.pixels, batch.heatmaps[row])),
     }
 
 
@@ -169,6 +174,7 @@ async def predict(
     routing: RoutingDep,
     hold: UploadHoldDep,
     bands: BandsDep,
+    explain: ExplainDep = False,
 ) -> PredictionResponse:
     (file,) = await read_uploads(
         request,
@@ -181,7 +187,9 @@ async def predict(
         max_body=max_body_bytes(1, settings.max_upload_bytes),
     )
     decoded = await decode(decoder, file, timings)
-    batch = await call_model(client, decoded.pixels[np.newaxis], routing.target(bytes(file.data)), timings)
+    batch = await call_model(
+        client, decoded.pixels[np.newaxis], routing.target(bytes(file.data)), timings, explain
+    )
     prediction = batch.predictions[0]
     observe(metrics, batch, prediction)
     return PredictionResponse(
@@ -194,7 +202,7 @@ async def predict(
         model_version=batch.model_version,
         version_label=batch.version_label,
         request_id=request.state.request_id,
-        **judged(bands, batch, prediction, decoded),
+        **judged(bands, batch, 0, decoded),
     )
 
 
@@ -216,6 +224,7 @@ async def predict_batch(
     routing: RoutingDep,
     hold: UploadHoldDep,
     bands: BandsDep,
+    explain: ExplainDep = False,
 ) -> BatchPredictionResponse:
     """Each file gets its own result; a bad file is reported in its item and the others still count.
 
@@ -249,14 +258,20 @@ async def predict_batch(
             groups.setdefault(routing.target(bytes(file.data)), []).append(index)
     answers = await asyncio.gather(
         *(
-            call_model(client, np.stack([outcomes[index].pixels for index in indices]), group, timings)  # type: ignore[union-attr]
+            call_model(
+                client,
+                np.stack([outcomes[index].pixels for index in indices]),  # type: ignore[union-attr]
+                group,
+                timings,
+                explain,
+            )
             for group, indices in groups.items()
         )
     )
-    answered: dict[int, tuple[PredictionBatch, Prediction]] = {
-        index: (group_batch, prediction)
+    answered: dict[int, tuple[PredictionBatch, int]] = {
+        index: (group_batch, row)
         for group_batch, indices in zip(answers, groups.values(), strict=True)
-        for index, prediction in zip(indices, group_batch.predictions, strict=True)
+        for row, index in enumerate(indices)
     }
     batch = answers[0] if answers else None  # the batch-level fields: the first version that answered
     results: list[BatchItem] = []
@@ -267,7 +282,8 @@ async def predict_batch(
                 BatchItem(success=False, filename=filename, error=str(outcome), status=status_for(outcome))
             )
             continue
-        group_batch, prediction = answered[index]
+        group_batch, row = answered[index]
+        prediction = group_batch.predictions[row]
         observe(metrics, group_batch, prediction)
         results.append(
             BatchItem(
@@ -279,7 +295,7 @@ async def predict_batch(
                 threshold=prediction.threshold,
                 model_version=group_batch.model_version,
                 version_label=group_batch.version_label,
-                **judged(bands, group_batch, prediction, outcome),
+                **judged(bands, group_batch, row, outcome),
             )
         )
     return BatchPredictionResponse(

@@ -77,6 +77,13 @@ TimingsDep = Annotated[StageTimings, Depends(get_timings)]
 CanarySplitDep = Annotated[CanarySplit, Depends(get_canary_split)]
 UploadHoldDep = Annotated[UploadHold, Depends(get_upload_hold)]
 BandsDep = Annotated[BandSource, Depends(get_bands)]
+ExplainDep = Annotated[
+    bool,
+    Query(
+        description="also answer where the model looked: a heatmap from the model's explain signature "
+        "(65 network passes per image: seconds on a CPU), off by default"
+    ),
+]
 
 
 def get_routing(

@@ -95,6 +95,12 @@ class InvalidParameterError(GatewayError):
     status_code = 422
 
 
+class ExplainUnavailableError(GatewayError):
+    """?explain=true for a model version exported without the explain signature."""
+
+    status_code = 422
+
+
 class RateLimitedError(GatewayError):
     """The client used up its token bucket; Retry-After says when one token is back."""
 

@@ -36,7 +36,10 @@ from tensorflow_serving.apis import (
 
 from common.preprocessing import IMAGE_SIZE
 from common.signatures import (
+    EXPLAIN_GRID,
+    EXPLAIN_SIGNATURE,
     IMAGE_INPUT,
+    OUTPUT_HEATMAP,
     OUTPUT_LABEL,
     OUTPUT_LOGIT,
     OUTPUT_PROBABILITY,
@@ -44,6 +47,7 @@ from common.signatures import (
 )
 from common.tensors import TensorError, dtype_name, predict_request, to_numpy
 from gateway.errors import (
+    ExplainUnavailableError,
     GatewayError,
     ModelUnavailableError,
     ModelVersionNotFoundError,
@@ -133,6 +137,8 @@ class PredictionBatch:
     signature_name: str
     version_label: str
     predictions: list[Prediction] = field(default_factory=list)
+    # float32 [N, 8, 8] from the explain signature, when asked for (?explain=true)
+    heatmaps: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -313,8 +319,11 @@ class ModelClient:
         self._metadata_cache[target] = (now + self.settings.metadata_cache_seconds, metadata)
         return metadata
 
-    async def predict(self, images: np.ndarray, target: ModelTarget) -> PredictionBatch:
-        """uint8 [N, 256, 256, 3] images -> one prediction per image, in one Predict call."""
+    async def predict(
+        self, images: np.ndarray, target: ModelTarget, explain: bool = False
+    ) -> PredictionBatch:
+        """uint8 [N, 256, 256, 3] images -> one prediction per image, in one Predict call; with
+        `explain`, through the explain signature, which adds a heatmap per image."""
         expected_shape = (IMAGE_SIZE, IMAGE_SIZE, 3)
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != expected_shape:
             raise ValueError(
@@ -323,7 +332,7 @@ class ModelClient:
         started = time.perf_counter()
         outcome = "error"
         try:
-            batch = await self._predict(images, target)
+            batch = await self._predict(images, target, explain)
             outcome = "ok"
             return batch
         finally:
@@ -332,15 +341,21 @@ class ModelClient:
                 self.settings.model_name, label, outcome, time.perf_counter() - started
             )
 
-    async def _predict(self, images: np.ndarray, target: ModelTarget) -> PredictionBatch:
+    async def _predict(self, images: np.ndarray, target: ModelTarget, explain: bool) -> PredictionBatch:
         metadata = await self.metadata(target)
         stub = self._stubs()[0]
         wanted = [name for name in (*REQUIRED_OUTPUTS, *OPTIONAL_OUTPUTS) if name in metadata.output_names]
+        signature_name = self.settings.signature_name
+        if explain:
+            if EXPLAIN_SIGNATURE not in metadata.signature_names:
+                raise ExplainUnavailableError(
+                    f"model version {metadata.model_version} was exported without the "
+                    f"{EXPLAIN_SIGNATURE!r} signature, so it cannot show where it looked; "
+                    "ask without explain=true, or pin a version that has it"
+                )
+            signature_name, wanted = EXPLAIN_SIGNATURE, [*wanted, OUTPUT_HEATMAP]
         request = predict_request(
-            self.settings.model_name,
-            {metadata.input_name: images},
-            self.settings.signature_name,
-            output_filter=wanted,
+            self.settings.model_name, {metadata.input_name: images}, signature_name, output_filter=wanted
         )
         target.fill(request.model_spec)
         response = await self._call(stub.Predict, request, target)
@@ -351,10 +366,27 @@ class ModelClient:
         return PredictionBatch(
             model_name=response.model_spec.name or self.settings.model_name,
             model_version=model_version,
-            signature_name=response.model_spec.signature_name or self.settings.signature_name,
+            signature_name=response.model_spec.signature_name or signature_name,
             version_label=target.version_label,
             predictions=predictions,
+            heatmaps=self._parse_heatmaps(response, len(images)) if explain else None,
         )
+
+    @staticmethod
+    def _parse_heatmaps(response: predict_pb2.PredictResponse, expected_rows: int) -> np.ndarray:
+        grid = EXPLAIN_GRID
+        if OUTPUT_HEATMAP not in response.outputs:
+            raise UpstreamError(f"the model's answer lacks the output {OUTPUT_HEATMAP!r}")
+        try:
+            heatmaps = to_numpy(response.outputs[OUTPUT_HEATMAP]).astype(np.float32)
+        except TensorError as error:
+            raise UpstreamError(f"output {OUTPUT_HEATMAP!r}: {error}") from error
+        if heatmaps.shape != (expected_rows, grid, grid) or not np.all(np.isfinite(heatmaps)):
+            raise UpstreamError(
+                f"output {OUTPUT_HEATMAP!r} is {heatmaps.dtype} {heatmaps.shape}, "
+                f"expected finite float [{expected_rows}, {grid}, {grid}]"
+            )
+        return heatmaps
 
     async def version_status(self, target: ModelTarget) -> VersionStatus:
         """Resolve `target` to a version (GetModelMetadata) and ask that version's state.

@@ -20,6 +20,19 @@ class ProvenanceFinding(BaseModel):
     )
 
 
+class Explanation(BaseModel):
+    """Where the model looked (?explain=true): computed by the model server, drawn by the gateway."""
+
+    heatmap: list[list[float]] = Field(
+        description="8x8, row by row from the top: the logit minus the logit when that cell of the model's "
+        "256x256 input loses its fine detail (positive: pushes toward AI-generated)"
+    )
+    overlay: str = Field(
+        description="data:image/jpeg;base64 URL: the model's input with the heatmap drawn over it"
+    )
+    method: str
+
+
 VERDICT_DESCRIPTION = (
     "'ai', 'real' or 'inconclusive'. A provenance finding that implies 'ai' decides 'ai'; otherwise the "
     "pixel score with the model's inconclusive band (fitted on validation data for a stated error rate "
@@ -48,6 +61,7 @@ class PredictionResponse(BaseModel):
     provenance: list[ProvenanceFinding] = Field(
         description="what the file's metadata says (C2PA, IPTC/XMP, EXIF, generator parameters)"
     )
+    explanation: Explanation | None = Field(default=None, description="with ?explain=true only")
 
 
 class BatchItem(BaseModel):
@@ -68,6 +82,7 @@ class BatchItem(BaseModel):
     )
     verdict_reason: str | None = None
     provenance: list[ProvenanceFinding] | None = None
+    explanation: Explanation | None = None
 
 
 class BatchPredictionResponse(BaseModel):
@@ -128,7 +143,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         408: "the upload did not arrive in time (stalled or too slow)",
         413: "file or request too large, too many pixels, or too many files",
         415: "an image format that is not supported",
-        422: "no file in the request, or an invalid parameter",
+        422: "no file in the request, or an invalid parameter (or explain=true for a model version "
+        "exported without the explain signature)",
         429: "rate limited (see Retry-After)",
         502: "the model server answered outside the contract",
         503: (

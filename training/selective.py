@@ -22,7 +22,8 @@ import numpy as np
 from scipy import stats
 
 TARGET_ERROR = 0.10
-DELTA = 0.10  # as in the Learn-then-Test paper's experiments; 611 calibration images give little power at 0.05
+# As in the Learn-then-Test paper's experiments; 611 calibration images give little power at 0.05.
+DELTA = 0.10
 # Widths (log-odds) tried, from the widest to 0 (no band), in steps of 0.5; the walk starts at the
 # first one that leaves at least MIN_DECIDED images decided (labels play no part in that start).
 # A finer grid stops at the first local fluctuation of a few hundred images (docs/provenance.md).

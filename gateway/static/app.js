@@ -16,6 +16,7 @@ const elements = {
   results: document.getElementById("results"),
   modelInfo: document.getElementById("model-info"),
   template: document.getElementById("card-template"),
+  explain: document.getElementById("explain"),
 };
 
 // Each selected file with its card: {file, card, previewUrl}
@@ -139,6 +140,24 @@ function showBand(gauge, band) {
   mark.style.width = `${(band.ai_from - band.real_below) * 100}%`;
 }
 
+// The heatmap of ?explain=true: the model's 256x256 input with the heatmap over it, shown in
+// place of the preview by the card's toggle.
+function showExplanation(card, explanation, previewUrl) {
+  const toggle = card.querySelector(".toggle-heatmap");
+  const preview = card.querySelector(".preview");
+  toggle.hidden = !explanation;
+  preview.src = previewUrl;
+  card.classList.remove("showing-heatmap");
+  if (!explanation) return;
+  toggle.textContent = "Show heatmap";
+  toggle.title = explanation.method;
+  toggle.onclick = () => {
+    const showing = card.classList.toggle("showing-heatmap");
+    preview.src = showing ? explanation.overlay : previewUrl;
+    toggle.textContent = showing ? "Show image" : "Show heatmap";
+  };
+}
+
 function showResult(card, result) {
   const gauge = card.querySelector(".gauge");
   const state = card.querySelector(".state");
@@ -178,7 +197,8 @@ async function analyze() {
   const single = selections.length === 1;
   for (const selection of selections) form.append(single ? "file" : "files", selection.file);
   try {
-    const response = await fetch(single ? "/predict" : "/predict/batch", {
+    const query = elements.explain.checked ? "?explain=true" : "";
+    const response = await fetch((single ? "/predict" : "/predict/batch") + query, {
       method: "POST",
       body: form,
       headers: requestHeaders(),
@@ -192,6 +212,7 @@ async function analyze() {
     const body = await response.json();
     if (single) {
       showResult(selections[0].card, body);
+      showExplanation(selections[0].card, body.explanation, selections[0].previewUrl);
     } else {
       body.results.forEach((result, index) => {
         showResult(selections[index].card, {
@@ -199,6 +220,7 @@ async function analyze() {
           model_version: body.model_version,
           error: result.success ? null : explainStatus(result.status, result.error),
         });
+        showExplanation(selections[index].card, result.explanation, selections[index].previewUrl);
       });
     }
     updateModelInfo(body.model_name, body.model_version, body.version_label, single ? body.threshold : undefined);

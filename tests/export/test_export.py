@@ -46,9 +46,11 @@ Path(output_dir, "signatures.json").write_text(json.dumps(described))
 from_images = loaded.signatures["serving_default"](image=tf.constant(np.load(images_path)))
 files = [path.read_bytes() for path in sorted(Path(files_dir).iterdir())]
 from_bytes = loaded.signatures["predict_image_bytes"](image_bytes=tf.constant(files))
+explained = loaded.signatures["explain_image"](image=tf.constant(np.load(images_path)[:2]))
 np.savez(Path(output_dir, "outputs.npz"),
          **{"images/" + key: value.numpy() for key, value in from_images.items()},
-         **{"bytes/" + key: value.numpy() for key, value in from_bytes.items()})
+         **{"bytes/" + key: value.numpy() for key, value in from_bytes.items()},
+         **{"explain/" + key: value.numpy() for key, value in explained.items()})
 """
 
 
@@ -122,6 +124,10 @@ def test_reloaded_in_another_process_signatures_and_outputs_match_keras(
             "inputs": {signatures.BYTES_INPUT: ["string", [None]]},
             "outputs": outputs,
         },
+        signatures.EXPLAIN_SIGNATURE: {
+            "inputs": {signatures.IMAGE_INPUT: ["uint8", [None, IMAGE_SIZE, IMAGE_SIZE, 3]]},
+            "outputs": outputs | {signatures.OUTPUT_HEATMAP: ["float32", [None, 8, 8]]},
+        },
     }
 
     with np.load(tmp_path / "outputs.npz") as loaded:
@@ -133,6 +139,26 @@ def test_reloaded_in_another_process_signatures_and_outputs_match_keras(
     assert np.array_equal(served["images/label"], (expected >= threshold).astype(np.int32))
     assert 0 < served["images/label"].sum() < len(images), "the fixture's threshold splits the images"
     assert np.all(served["images/threshold"] == np.float32(threshold))
+
+    # The explain signature: the same outputs, and its heatmap is the Keras model's own occlusion
+    # sensitivity (each cell blurred by the graph's box filter, the logit difference).
+    import tensorflow as tf
+
+    from export.graph import OCCLUSION_BLUR_PIXELS
+
+    assert np.array_equal(served["explain/label"], served["images/label"][:2])
+    for row in range(2):
+        original = images[row].astype(np.float32)
+        blurred = tf.nn.avg_pool2d(original[np.newaxis], OCCLUSION_BLUR_PIXELS, 1, "SAME").numpy()[0]
+        variants = []
+        for cell in range(64):
+            top, left = 32 * (cell // 8), 32 * (cell % 8)
+            variant = original.copy()
+            variant[top : top + 32, left : left + 32] = blurred[top : top + 32, left : left + 32]
+            variants.append(np.round(variant).astype(np.uint8))
+        occluded = keras_logits(run_reference["classifier"], np.stack(variants)).reshape(8, 8)
+        expected_heatmap = run_reference["logits"][row] - occluded
+        assert np.abs(served["explain/heatmap"][row] - expected_heatmap).max() <= 1e-3
 
     # The bytes signature on the original upload files (JPEG, PNG, WebP at their native sizes).
     shared_pixels = np.stack([decode_and_resize(path.read_bytes()) for path in upload_paths])
@@ -180,7 +206,15 @@ def test_model_card_describes_the_version(first_export: Path, tiny_run: Path) ->
     assert card["model_name"] == "ai_detector" and card["version"] == 1
     assert card["backbone"] == "efficientnet_lite0"
     assert card["threshold"] == evaluation["threshold"] and card["temperature"] == TEMPERATURE
-    assert set(card["signatures"]) == {signatures.SERVING_SIGNATURE, signatures.BYTES_SIGNATURE}
+    assert set(card["signatures"]) == {
+        signatures.SERVING_SIGNATURE,
+        signatures.BYTES_SIGNATURE,
+        signatures.EXPLAIN_SIGNATURE,
+    }
+    assert card["signatures"][signatures.EXPLAIN_SIGNATURE]["outputs"][signatures.OUTPUT_HEATMAP] == {
+        "dtype": "float32",
+        "shape": [-1, signatures.EXPLAIN_GRID, signatures.EXPLAIN_GRID],
+    }
     assert card["signatures"][signatures.SERVING_SIGNATURE]["inputs"][signatures.IMAGE_INPUT] == {
         "dtype": "uint8",
         "shape": [-1, IMAGE_SIZE, IMAGE_SIZE, 3],

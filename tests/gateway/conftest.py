@@ -18,6 +18,7 @@ from common import model_config
 from common.model_config import DEFAULT_MODEL_NAME as MODEL_NAME
 from common.preprocessing import IMAGE_SIZE
 from gateway.dependencies import get_model_client
+from gateway.errors import ExplainUnavailableError
 from gateway.main import create_app
 from gateway.model_client import (
     ModelTarget,
@@ -49,11 +50,18 @@ class FakeModelClient:
 
     error: Exception | None = None
     ready: bool = True
+    explains: bool = True  # the model has the explain signature
     calls: list[tuple[np.ndarray, ModelTarget]] = field(default_factory=list)
 
-    async def predict(self, images: np.ndarray, target: ModelTarget) -> PredictionBatch:
+    async def predict(
+        self, images: np.ndarray, target: ModelTarget, explain: bool = False
+    ) -> PredictionBatch:
         if self.error is not None:
             raise self.error
+        if explain and not self.explains:
+            raise ExplainUnavailableError(
+                f"model version {FAKE_VERSION} was exported without the explain signature"
+            )
         self.calls.append((images.copy(), target))
         scores = images.reshape(len(images), -1).mean(axis=1) / 255.0
         predictions = [
@@ -66,7 +74,12 @@ class FakeModelClient:
             for score in scores
         ]
         version = target.version if target.version is not None else FAKE_VERSION
-        return PredictionBatch("ai_detector", version, "serving_default", target.version_label, predictions)
+        # With explain: each 32x32 cell's brightness above the image's mean (what the score reads).
+        cells = images.reshape(len(images), 8, 32, 8, 32, 3).mean(axis=(2, 4, 5)) / 255.0
+        heatmaps = (cells - scores[:, None, None]).astype(np.float32) if explain else None
+        return PredictionBatch(
+            "ai_detector", version, "serving_default", target.version_label, predictions, heatmaps
+        )
 
     async def metadata(self, target: ModelTarget, **_: object) -> SignatureMetadata:
         if self.error is not None:
@@ -79,7 +92,7 @@ class FakeModelClient:
             input_dtype="DT_UINT8",
             input_shape=(-1, IMAGE_SIZE, IMAGE_SIZE, 3),
             output_names=("label", "logit", "probability", "threshold"),
-            signature_names=("predict_image_bytes", "serving_default"),
+            signature_names=("explain_image", "predict_image_bytes", "serving_default"),
         )
 
     async def threshold(self, target: ModelTarget) -> tuple[int, float]:

@@ -27,6 +27,7 @@ PREDICTION_FIELDS = {
     "verdict",
     "verdict_reason",
     "provenance",
+    "explanation",
 }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -98,6 +99,7 @@ def test_verdict_band_and_provenance_are_shown(page, live_stack: LiveStack, tmp_
         paths.append(tmp_path / name)
     expect(page.locator("#model-info")).to_contain_text("ai_detector v1")
     page.set_input_files("#file-input", [str(path) for path in paths])
+    page.check("#explain")  # heatmaps on demand: the batch goes with ?explain=true
     page.click("#analyze")
     cards = page.locator(".card")
     expect(cards.nth(0).locator(".verdict")).to_have_text(VERDICTS["ai"], timeout=60_000)
@@ -109,6 +111,12 @@ def test_verdict_band_and_provenance_are_shown(page, live_stack: LiveStack, tmp_
     expect(cards.nth(1).locator(".provenance")).to_contain_text("its absence proves nothing")
     expect(cards.nth(2).locator(".verdict")).to_have_text(VERDICTS[expected_label(live_stack, paths[2])])
     expect(cards.nth(2).locator(".provenance .implies-camera")).to_contain_text("EOS R5")
+    # The heatmap toggle swaps the preview for the model's input with the heatmap drawn over it.
+    toggle = cards.nth(2).locator(".toggle-heatmap")
+    expect(toggle).to_be_visible()
+    toggle.click()
+    expect(cards.nth(2).locator(".preview")).to_have_attribute("src", re.compile(r"^data:image/jpeg;base64,"))
+    expect(toggle).to_have_text("Show image")
     screenshot = screenshot_path(PROVENANCE_SCREENSHOT, tmp_path)
     page.screenshot(path=str(screenshot), full_page=True)
     assert screenshot.stat().st_size > 10_000

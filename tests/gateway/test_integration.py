@@ -148,7 +148,7 @@ def test_deadline_exceeded_is_504(
 def test_model_info_and_metrics(live_stack: LiveStack) -> None:
     info = httpx.get(f"{live_stack.gateway_url}/v1/model", timeout=30).json()
     assert info["model_version"] == 1 and info["threshold"] == pytest.approx(0.5)
-    assert info["signatures"] == ["predict_image_bytes", "serving_default"]
+    assert info["signatures"] == ["explain_image", "predict_image_bytes", "serving_default"]
     assert info["input"] == {"name": "image", "dtype": "DT_UINT8", "shape": [-1, IMAGE_SIZE, IMAGE_SIZE, 3]}
     metrics = httpx.get(f"{live_stack.gateway_url}/metrics", timeout=30).text
     assert (

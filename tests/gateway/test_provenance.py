@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image, PngImagePlugin
@@ -249,3 +250,38 @@ def test_openapi_documents_the_new_fields(client_and_fake) -> None:  # type: ign
 
 def post(client: TestClient, data: bytes):  # type: ignore[no-untyped-def]
     return client.post("/predict", files={"file": ("x.png", data, "image/png")})
+
+
+# ---------------------------------------------------------------- where the model looked
+
+
+def test_explain_answers_a_heatmap_and_its_overlay_on_request_only(client_and_fake) -> None:  # type: ignore[no-untyped-def]
+    import base64
+
+    client, _ = client_and_fake
+    half = np.zeros((256, 256, 3), np.uint8)
+    half[:, 128:] = 255  # bright right half: the fake model's heatmap is positive there
+    data = images.encode(Image.fromarray(half), "PNG")
+    assert post(client, data).json()["explanation"] is None  # never on the default path
+    body = client.post("/predict?explain=true", files={"file": ("x.png", data, "image/png")}).json()
+    heatmap = np.asarray(body["explanation"]["heatmap"])
+    assert heatmap.shape == (8, 8) and heatmap[:, 4:].min() > 0 > heatmap[:, :4].max()
+    assert body["explanation"]["overlay"].startswith("data:image/jpeg;base64,")
+    overlay = Image.open(io.BytesIO(base64.b64decode(body["explanation"]["overlay"].split(",", 1)[1])))
+    assert overlay.size == (256, 256)
+    red, _, blue = np.asarray(overlay, dtype=np.float64).transpose(2, 0, 1)
+    assert red[:, 200:].mean() < 255 and blue[:, :50].mean() > 0  # tinted: red on the right, blue on the left
+    assert "blur occlusion" in body["explanation"]["method"]
+    items = client.post(
+        "/predict/batch?explain=true",
+        files=[("files", ("a.png", data, "image/png")), ("files", ("b.png", images.solid(10), "image/png"))],
+    ).json()["results"]
+    assert [len(item["explanation"]["heatmap"]) for item in items] == [8, 8]
+
+
+def test_explain_for_a_model_without_the_signature_is_a_clear_422(client_and_fake) -> None:  # type: ignore[no-untyped-def]
+    client, fake = client_and_fake
+    fake.explains = False
+    response = client.post("/predict?explain=true", files={"file": ("x.png", images.solid(10), "image/png")})
+    assert response.status_code == 422
+    assert "without the explain signature" in response.json()["error"]
