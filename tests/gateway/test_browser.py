@@ -36,7 +36,7 @@ VERDICTS = {
     "real": "Likely a real photo",
     "inconclusive": "Inconclusive: too close to call",
 }
-PROVENANCE_SCREENSHOT = REPO_ROOT / "docs" / "gateway-verdict-provenance.png"
+PROVENANCE_SCREENSHOT = Path("verdict-provenance-tiny-model.png")  # to tmp: docs has the shipped model's
 
 if os.environ.get("AIDETECT_SKIP_BROWSER_TESTS") == "1":
     pytest.skip("AIDETECT_SKIP_BROWSER_TESTS=1", allow_module_level=True)
@@ -72,10 +72,6 @@ def expected_label(stack: LiveStack, path: Path) -> str:
         f"{stack.gateway_url}/predict", files={"file": (path.name, path.read_bytes())}, timeout=60
     )
     return str(response.json()["verdict"])
-
-
-def screenshot_path(wanted: Path, tmp_path: Path) -> Path:
-    return wanted if os.environ.get("AIDETECT_SAVE_SCREENSHOTS") == "1" else tmp_path / wanted.name
 
 
 def test_verdict_band_and_provenance_are_shown(page, live_stack: LiveStack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -117,7 +113,7 @@ def test_verdict_band_and_provenance_are_shown(page, live_stack: LiveStack, tmp_
     toggle.click()
     expect(cards.nth(2).locator(".preview")).to_have_attribute("src", re.compile(r"^data:image/jpeg;base64,"))
     expect(toggle).to_have_text("Show image")
-    screenshot = screenshot_path(PROVENANCE_SCREENSHOT, tmp_path)
+    screenshot = tmp_path / PROVENANCE_SCREENSHOT
     page.screenshot(path=str(screenshot), full_page=True)
     assert screenshot.stat().st_size > 10_000
 
