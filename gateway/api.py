@@ -52,7 +52,7 @@ from gateway.uploads import (
     max_body_bytes,
     read_multipart_files,
 )
-from gateway.verdict import BandSource, decide
+from gateway.verdict import Band, BandSource, decide
 
 logger = logging.getLogger(__name__)
 
@@ -358,16 +358,13 @@ async def metrics_endpoint(metrics: MetricsDep) -> Response:
     summary="The model a request would go to: metadata, threshold, canary split, model card",
 )
 async def model_info(
-    settings: SettingsDep,
-    client: ModelClientDep,
-    routing: RoutingDep,
-    split: CanarySplitDep,
-    bands: BandsDep,
+    settings: SettingsDep, client: ModelClientDep, routing: RoutingDep, split: CanarySplitDep
 ) -> ModelInfoResponse:
     target = routing.target()
     metadata = await client.metadata(target)
     version, threshold = await client.threshold(target)
     canary = {"label": split.label, "percent": split.percent} if split.enabled else None
+    card = read_model_card(settings, version)
     return ModelInfoResponse(
         model_name=metadata.model_name,
         model_version=version,
@@ -388,8 +385,8 @@ async def model_info(
             "max_batch_files": settings.max_batch_files,
             "max_batch_bytes": settings.max_batch_bytes,
         },
-        verdict_band=band.to_dict() if (band := bands.band(version)) else None,
-        model_card=read_model_card(settings, version),
+        verdict_band=band.to_dict() if (band := Band.from_card(card)) else None,
+        model_card=card,
     )
 
 

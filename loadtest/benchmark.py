@@ -30,6 +30,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -582,8 +583,6 @@ def provenance_cost(
 ) -> None:
     """What reading provenance adds to POST /predict (about 6 minutes): the starter model behind two
     gateways, read_provenance on and off, steps alternating; p50/p95 of each and their ratios."""
-    import statistics
-
     results_folder = new_results_folder(work_dir)
     samples = load_uploads(uploads)
     bodies = [multipart_upload(sample) for sample in samples]

@@ -19,7 +19,7 @@ import math
 from typing import Any
 
 import numpy as np
-from scipy import stats
+from scipy import special, stats
 
 TARGET_ERROR = 0.10
 # As in the Learn-then-Test paper's experiments; 611 calibration images give little power at 0.05.
@@ -31,19 +31,10 @@ WIDTHS = np.round(np.arange(6.0, -0.001, -0.5), 2)
 MIN_DECIDED = 30
 
 
-def _logit(probability: float) -> float:
-    clipped = min(max(probability, 1e-7), 1 - 1e-7)
-    return math.log(clipped / (1 - clipped))
-
-
-def _sigmoid(value: float) -> float:
-    return 1.0 / (1.0 + math.exp(-value))
-
-
 def band_edges(threshold: float, width: float) -> tuple[float, float]:
     """(real_below, ai_from) of the band `width` log-odds either side of `threshold`."""
-    centre = _logit(threshold)
-    return _sigmoid(centre - width), _sigmoid(centre + width)
+    centre = float(special.logit(threshold))
+    return float(special.expit(centre - width)), float(special.expit(centre + width))
 
 
 def band_outcome(
@@ -82,13 +73,13 @@ def fit_band(
     is then inconclusive, `real_below` 0 and `ai_from` 1)."""
     probabilities, labels = np.asarray(probabilities, dtype=np.float64), np.asarray(labels).astype(int)
     accepted: float | None = None
-    tested = 0
+    started = False
     for width in WIDTHS:
         real_below, ai_from = band_edges(threshold, float(width))
         outcome = band_outcome(probabilities, labels, real_below, ai_from)
-        if outcome["decided"] < MIN_DECIDED and accepted is None and tested == 0:
+        if not started and outcome["decided"] < MIN_DECIDED:
             continue  # too few decided images to test anything yet: the walk has not started
-        tested += 1
+        started = True
         # H0: error rate among decided >= target. p-value: P(Binomial(decided, target) <= errors).
         p_value = float(stats.binom.cdf(outcome["decided_errors"], outcome["decided"], target_error))
         if p_value > delta:

@@ -379,7 +379,7 @@ def provenance_files() -> dict[str, bytes]:
             + b"]><x:xmpmeta xmlns:x='adobe:ns:meta/'><DigitalSourceType>&i;</DigitalSourceType></x:xmpmeta>"
         ),
         "xmp-external-entity": made.jpeg(
-            xmp=b'<!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]><x>&e;</x>'
+            xmp=b'<!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]><CreatorTool>&e;</CreatorTool>'
         ),
         "xmp-deep-nesting": made.jpeg(xmp=b"<a>" * 9000 + b"<CreatorTool>x" + b"</a>" * 9000),
         "xmp-not-xml": made.jpeg(xmp=b"DigitalSourceType" + rng.randbytes(30000)),
