@@ -131,16 +131,34 @@ class OtherLoadMonitor:
         )
 
 
-def machine_description() -> dict[str, Any]:
-    model_name = ""
+# CPU flags (Linux /proc/cpuinfo names) with which oneDNN computes bfloat16 natively.
+BFLOAT16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def _cpu_info(field_name: str) -> str:
+    """The first `field_name` line's value in /proc/cpuinfo ("" where there is none)."""
     cpu_info = Path("/proc/cpuinfo")
     if cpu_info.is_file():
         for line in cpu_info.read_text().splitlines():
-            if line.startswith("model name"):
-                model_name = line.split(":", 1)[1].strip()
-                break
+            if line.startswith(field_name):
+                return line.split(":", 1)[1].strip()
+    return ""
+
+
+def cpu_flags() -> set[str]:
+    return set(_cpu_info("flags").split())
+
+
+def computes_bfloat16() -> bool:
+    """Whether this CPU has AVX512-BF16 or AMX (bfloat16 mixed precision pays; elsewhere it is
+    emulated or skipped)."""
+    return bool(cpu_flags() & set(BFLOAT16_CPU_FLAGS))
+
+
+def machine_description() -> dict[str, Any]:
     return {
-        "cpu": model_name or platform.processor() or platform.machine(),
+        "cpu": _cpu_info("model name") or platform.processor() or platform.machine(),
+        "bfloat16_flags": sorted(cpu_flags() & set(BFLOAT16_CPU_FLAGS)),
         "logical_cpus": psutil.cpu_count(),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(),

@@ -8,6 +8,9 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SERVING_FOLDER = REPO_ROOT / "serving"  # models.config, batching and monitoring configs
 DEFAULT_BATCHING_FILE = SERVING_FOLDER / "batching.cpu.config"  # what `make run` and the CPU image use
+# --tensorflow_session_config_file: bfloat16 mixed precision on CPUs (AVX512-BF16/AMX), float16 on GPUs.
+CPU_SESSION_CONFIG_FILE = SERVING_FOLDER / "session_config.cpu.pbtxt"
+GPU_SESSION_CONFIG_FILE = SERVING_FOLDER / "session_config.gpu.pbtxt"
 # ../shared beside the repository: data and reference material, never copied into the repository.
 SHARED_ROOT = REPO_ROOT.parent / "shared"
 SHARED_DATA = SHARED_ROOT / "data" / "ai-vs-real"  # labelled images, manifest, splits

@@ -113,7 +113,7 @@ def speed(
         batch = tf.constant(np.concatenate([images] * repeats)[:batch_size])
 
         def call(batch: tf.Tensor = batch) -> None:
-            signature(**{signatures.IMAGE_INPUT: batch})[signatures.OUTPUT_PROBABILITY].numpy()
+            np.asarray(signature(**{signatures.IMAGE_INPUT: batch})[signatures.OUTPUT_PROBABILITY])
 
         call()  # the first call of a new shape traces and allocates
         first = time_calls(call, rounds=1, calls_per_round=1)[0]

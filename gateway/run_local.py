@@ -2,6 +2,7 @@
 
     python -m gateway.run_local [--gateway-port 8000] [--grpc-port 8500] [--rest-port 8501]
                                 [--models ./models] [--model-config serving/models.config]
+                                [--mixed-precision auto|on|off]
 
 Starts `python -m serving.server` with `serving/models.config` (its `/models/...` base paths
 mapped onto the repository's `models/` folder, the local server's one deviation from the
@@ -14,6 +15,7 @@ server outlives it. Exits 1 when either cannot start, showing why.
 
 from __future__ import annotations
 
+import enum
 import signal
 import socket
 import sys
@@ -24,6 +26,7 @@ from typing import Annotated
 
 import typer
 
+from common.machine import computes_bfloat16
 from common.model_config import DEFAULT_MODEL_NAME
 from common.processes import (
     LOOPBACK,
@@ -38,9 +41,15 @@ from common.processes import (
     stack_commands,
     stop_process,
 )
-from common.repository import DEFAULT_BATCHING_FILE, REPO_ROOT, SERVING_FOLDER
+from common.repository import CPU_SESSION_CONFIG_FILE, DEFAULT_BATCHING_FILE, REPO_ROOT, SERVING_FOLDER
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class MixedPrecision(enum.StrEnum):
+    auto = "auto"  # bfloat16 where the CPU computes it natively (AVX512-BF16 or AMX), else fp32
+    on = "on"
+    off = "off"
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,15 @@ class RunOptions:
     model_config: Path = SERVING_FOLDER / "models.config"
     model_name: str = DEFAULT_MODEL_NAME
     ready_timeout: float = READY_TIMEOUT_SECONDS
+    mixed_precision: MixedPrecision = MixedPrecision.auto
+
+    def server_flags(self) -> list[str]:
+        """TF Serving's session config flag when mixed precision is on (serving/session_config.cpu.pbtxt;
+        the shipped model passes the accuracy rule under it: docs/performance.md)."""
+        wanted = self.mixed_precision is MixedPrecision.on or (
+            self.mixed_precision is MixedPrecision.auto and computes_bfloat16()
+        )
+        return [f"--tensorflow_session_config_file={CPU_SESSION_CONFIG_FILE}"] if wanted else []
 
 
 def check_port_free(port: int, what: str, option: str) -> None:
@@ -78,6 +96,7 @@ def stack_processes(arguments: RunOptions) -> tuple[ManagedProcess, ManagedProce
         arguments.model_name,
         arguments.model_config,
         batching_file=DEFAULT_BATCHING_FILE if DEFAULT_BATCHING_FILE.is_file() else None,
+        extra_server_flags=arguments.server_flags(),
     )
     return (
         ManagedProcess(
@@ -154,9 +173,15 @@ def main(
     model_config: Annotated[Path, typer.Option(help="TF Serving models.config")] = RunOptions.model_config,
     model_name: Annotated[str, typer.Option(help="the model the gateway asks for")] = RunOptions.model_name,
     ready_timeout: Annotated[float, typer.Option(help="wait for /ready, s")] = RunOptions.ready_timeout,
+    mixed_precision: Annotated[
+        MixedPrecision,
+        typer.Option(help="bfloat16 mixed precision; auto: where the CPU has it natively"),
+    ] = RunOptions.mixed_precision,
 ) -> None:
     """`make run`: the local model server and the gateway on loopback, until Ctrl-C."""
-    options = RunOptions(gateway_port, grpc_port, rest_port, models, model_config, model_name, ready_timeout)
+    options = RunOptions(
+        gateway_port, grpc_port, rest_port, models, model_config, model_name, ready_timeout, mixed_precision
+    )
     try:
         exit_code = run(options)
     except LaunchError as error:

@@ -3,8 +3,8 @@
     python -m loadtest.benchmark systems [--models resnet50,starter] [--repeats 3] [--step-seconds 20]
     python -m loadtest.benchmark cpu-budget [--models resnet50,starter] [--repeats 3] [--seconds 20]
 
-For each model (ResNet50 with random weights, and the starter model) and each repeat, measured
-one after another on the same machine with the same uploads (../shared/data/uploads):
+For each model (ResNet50 with a random base and a trained head, and the starter model) and each
+repeat, measured one after another on the same machine with the same uploads (../shared/data/uploads):
 
 1. raw ceiling: the exported SavedModel called in process at batch sizes 1..32 (best img/s);
 2. each system under test, started fresh on free loopback ports:
@@ -40,10 +40,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import click
+import numpy as np
 import typer
 
 from common import model_config
-from common.machine import machine_description
+from common.machine import OtherLoadMonitor, machine_description
 from common.model_config import DEFAULT_MODEL_NAME, STABLE_LABEL
 from common.processes import (
     LOOPBACK,
@@ -55,15 +56,15 @@ from common.processes import (
     raise_stop,
     wait_until,
 )
-from common.repository import DEFAULT_BATCHING_FILE, REPO_ROOT, code_version
-from loadtest import generator, stages
+from common.repository import CPU_SESSION_CONFIG_FILE, DEFAULT_BATCHING_FILE, REPO_ROOT, code_version
+from loadtest import generator, precision, stages
 from loadtest.benchmark_models import (
     DATA_DIRECTORY,
     BenchmarkModel,
     BenchmarkModelError,
     find_starter,
     prepare_resnet50,
-    write_random_resnet50_run,
+    write_resnet50_run,
 )
 from loadtest.benchmark_report import (
     BASELINE,
@@ -648,6 +649,63 @@ def provenance_cost(
     print(f"\nraw numbers in {results_folder / 'provenance.json'}")
 
 
+@app.command("mixed-precision")
+def mixed_precision(
+    context: typer.Context,
+    session_config: Annotated[
+        Path, typer.Option(help="TF Serving --tensorflow_session_config_file to check against fp32")
+    ] = CPU_SESSION_CONFIG_FILE,
+    model_keys: ModelKeys = "resnet50,starter",
+    models_dir: ModelsDir = REPO_ROOT / "models",
+    data: Annotated[Path, typer.Option(help="labelled data set (manifest and splits)")] = DATA_DIRECTORY,
+    uploads: Uploads = UPLOADS_DIRECTORY,
+    work_dir: WorkDir = REPO_ROOT / "results" / "benchmark",
+    batch_sizes: Annotated[str, typer.Option(help="comma-separated, for the speed pairs")] = "1,4,8,16,32",
+    pairs: Annotated[int, typer.Option(help="A B pairs per batch size")] = 4,
+    limit: Annotated[int | None, typer.Option(help="images per source, label and split (smoke runs)")] = None,
+    output: Output = REPO_ROOT / "docs" / "performance.md",
+) -> None:
+    """May a model be served under a session config's mixed precision? Accuracy, ROC-AUC and label
+    flips against fp32 on the validation and test splits and the LOSO images, through the local
+    server's runtime; speed per batch size side by side (about 10 minutes for both models here).
+    Exit 1 when a model is refused."""
+    from training.evaluate import load_images
+
+    results_folder = new_results_folder(work_dir)
+    examples = precision.evaluation_sets(data, limit)
+    print("decoding " + ", ".join(f"{len(chosen)} {name}" for name, chosen in examples.items()), flush=True)
+    sets = {
+        name: (load_images(chosen), np.asarray([example.label for example in chosen]))
+        for name, chosen in examples.items()
+    }
+    speed_images = model_inputs(load_uploads(uploads))
+    models = prepare_models(split_list(model_keys), work_dir, "folded", models_dir,
+                            results_folder / "prepare.log", require_keras_model=False)  # fmt: skip
+    monitor = OtherLoadMonitor().start()
+    checked = []
+    for model in models:
+        print(f"{model.description}: {model.version_dir} under {display_path(session_config)}", flush=True)
+        result = precision.check_model(
+            model.version_dir, session_config, sets, speed_images,
+            [int(size) for size in split_list(batch_sizes)], pairs, precision.PrecisionRule(),
+        )  # fmt: skip
+        checked.append(result | {"description": model.description})
+    other_load = monitor.stop()
+    options = given_options(context)
+    results: dict[str, Any] = {"models": checked, "other_load": other_load.to_dict(), "command": options,
+                               "machine": machine_description(), "code_version": code_version()}  # fmt: skip
+    (results_folder / "mixed-precision.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    lines = precision.markdown(results)
+    print("\n".join(lines) + f"\n\nraw numbers in {results_folder / 'mixed-precision.json'}")
+    command = f"python -m loadtest.benchmark mixed-precision {options}".strip()
+    stamp = f"_Measured by `{command}` at {results_folder.name}, code `{results['code_version']}`; "
+    stamp += f"{other_load.describe()}._"
+    section = "\n".join([precision.BEGIN_MARKER, "", stamp, "", *lines, "", precision.END_MARKER])
+    write_into(output, section, precision.BEGIN_MARKER, precision.END_MARKER)
+    if any(model["verdict"] == "refused" for model in checked):
+        raise typer.Exit(1)
+
+
 @app.command(hidden=True)
 def raw(
     version_dir: Annotated[Path, typer.Argument(help="a SavedModel version folder")],
@@ -666,8 +724,8 @@ def raw(
 
 @app.command("resnet50-run", hidden=True)
 def resnet50_run(run_dir: Path, data: Path = DATA_DIRECTORY) -> None:
-    """(A child process of the model preparation) write the random-weight ResNet50 run folder."""
-    write_random_resnet50_run(run_dir, data)
+    """(A child process of the model preparation) write the ResNet50 run (random base, trained head)."""
+    write_resnet50_run(run_dir, data)
     print(f"wrote {run_dir}")
 
 

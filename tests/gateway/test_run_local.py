@@ -15,6 +15,9 @@ import httpx
 import psutil
 import pytest
 
+from common.machine import computes_bfloat16
+from common.repository import CPU_SESSION_CONFIG_FILE
+from gateway.run_local import MixedPrecision, RunOptions
 from tests.gateway.conftest import TinyModelRepository
 from tests.gateway.processes import REPO_ROOT, START_TIMEOUT_SECONDS, free_port, quiet_environment
 
@@ -106,6 +109,10 @@ def test_run_local_starts_both_and_stops_on_ctrl_c(tiny_model_repository: TinyMo
         try:
             assert any(f"open {url}/" in line for line in launched.lines)
             assert httpx.get(f"{url}/ready", timeout=30).status_code == 200
+            # Mixed precision by default exactly where the CPU computes bfloat16 natively.
+            (server,) = [child for child in launched.children if "serving.server" in child.cmdline()]
+            session_flag = f"--tensorflow_session_config_file={CPU_SESSION_CONFIG_FILE}"
+            assert (session_flag in server.cmdline()) == computes_bfloat16()
             model = httpx.get(f"{url}/v1/model", timeout=30).json()
             assert model["model_card"]["backbone"].startswith(
                 "tiny"
@@ -161,3 +168,13 @@ def test_run_local_explains_a_missing_model(tmp_path) -> None:  # type: ignore[n
     )
     assert result.returncode == 1
     assert "no model version" in result.stderr
+
+
+def test_mixed_precision_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--mixed-precision on/off force it; auto follows the CPU's bfloat16 instructions."""
+    flag = [f"--tensorflow_session_config_file={CPU_SESSION_CONFIG_FILE}"]
+    assert RunOptions(mixed_precision=MixedPrecision.on).server_flags() == flag
+    assert RunOptions(mixed_precision=MixedPrecision.off).server_flags() == []
+    for has_bfloat16 in (True, False):
+        monkeypatch.setattr("gateway.run_local.computes_bfloat16", lambda answer=has_bfloat16: answer)
+        assert RunOptions().server_flags() == (flag if has_bfloat16 else [])

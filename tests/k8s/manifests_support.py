@@ -11,7 +11,7 @@ import pytest
 from common.repository import REPO_ROOT
 
 K8S = REPO_ROOT / "k8s"
-OVERLAYS = ("dev", "prod")
+OVERLAYS = ("dev", "prod", "cpu-bf16")
 
 
 def render(overlay: str) -> str:

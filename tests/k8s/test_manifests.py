@@ -266,7 +266,8 @@ def test_prod_is_gpu_with_several_gateways(rendered: dict[str, list[dict[str, An
 
 
 @pytest.mark.parametrize(
-    ("overlay", "batching_file"), [("dev", "batching.cpu.config"), ("prod", "batching.config")]
+    ("overlay", "batching_file"),
+    [("dev", "batching.cpu.config"), ("prod", "batching.config"), ("cpu-bf16", "batching.cpu.config")],
 )
 def test_tf_serving_config_maps_are_the_files_in_serving(
     rendered: dict[str, list[dict[str, Any]]], overlay: str, batching_file: str
@@ -286,6 +287,32 @@ def test_tf_serving_config_maps_are_the_files_in_serving(
     assert volumes["models-config"]["configMap"]["name"] == "tf-serving-models"
     assert volumes["server-config"]["configMap"]["name"] == settings["metadata"]["name"]
     assert volumes["models"]["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_mixed_precision_only_on_nodes_that_compute_in_bfloat16(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    """The session config (serving/session_config.cpu.pbtxt) is used by the cpu-bf16 overlay alone,
+    whose pods only run on nodes labelled with AVX512-BF16 or AMX; dev and prod run fp32."""
+    objects = rendered[overlay]
+    tf_serving = container(objects, "tf-serving")
+    flags = dict(argument.removeprefix("--").split("=", 1) for argument in tf_serving["args"])
+    settings = find_prefixed(objects, "ConfigMap", "tf-serving-config-")
+    pod = find(objects, "Deployment", "tf-serving")["spec"]["template"]["spec"]
+    if overlay != "cpu-bf16":
+        assert "tensorflow_session_config_file" not in flags and "session.config" not in settings["data"]
+        return
+    mounts = {mount["name"]: mount["mountPath"] for mount in tf_serving["volumeMounts"]}
+    assert flags["tensorflow_session_config_file"] == f"{mounts['server-config']}/session.config"
+    assert settings["data"]["session.config"] == (SERVING / "session_config.cpu.pbtxt").read_text()
+    required = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    terms = required["nodeSelectorTerms"]
+    assert sorted(term["matchExpressions"][0]["key"] for term in terms) == [
+        "feature.node.kubernetes.io/cpu-cpuid.AMXBF16",
+        "feature.node.kubernetes.io/cpu-cpuid.AVX512BF16",
+    ]
+    assert all(term["matchExpressions"][0]["values"] == ["true"] for term in terms)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
