@@ -93,19 +93,31 @@ class SystemSpec:
     key: str
     description: str
     batching_file: Path | None = None
+    session_config: Path | None = None  # TF Serving's --tensorflow_session_config_file
 
     @property
     def is_stack(self) -> bool:
         return self.key != BASELINE
 
 
-def system_specs(batching_files: Sequence[Path], include_no_batching: bool) -> list[SystemSpec]:
+def system_specs(
+    batching_files: Sequence[Path], include_no_batching: bool, session_configs: Sequence[Path] = ()
+) -> list[SystemSpec]:
     specs = []
     for index, batching_file in enumerate(batching_files):
         key = "stack" if index == 0 else f"stack-{batching_file.stem}"
         specs.append(
             SystemSpec(
                 key, f"gateway + model server, batching `{display_path(batching_file)}`", batching_file
+            )
+        )
+    for session_config in session_configs:
+        specs.append(
+            SystemSpec(
+                f"stack-{session_config.stem}",
+                f"{specs[0].description}, session config `{display_path(session_config)}`",
+                specs[0].batching_file,
+                session_config,
             )
         )
     if include_no_batching:
@@ -152,7 +164,10 @@ def start_stack(
     spec: SystemSpec, model: BenchmarkModel, workspace: Path, log_directory: Path
 ) -> RunningSystem:
     models, config_file = model_workspace(model, workspace)
-    stack = LocalStack(models, config_file, log_directory, batching_file=spec.batching_file)
+    flags = [] if spec.session_config is None else [f"--tensorflow_session_config_file={spec.session_config}"]
+    stack = LocalStack(
+        models, config_file, log_directory, batching_file=spec.batching_file, extra_server_flags=flags
+    )
     stack.start(START_TIMEOUT_SECONDS)
     return stack_system(stack)
 
@@ -496,6 +511,9 @@ def systems(
         str, typer.Option(help="comma-separated; one stack per file (the first is 'the stack')")
     ] = str(DEFAULT_BATCHING_FILE),
     no_unbatched: Annotated[bool, typer.Option(help="skip the stack without batching")] = False,
+    session_configs: Annotated[
+        str, typer.Option(help="comma-separated; one more stack (first batching file) per session config")
+    ] = "",
     resnet50_variant: Resnet50Variant = "folded",
     models_dir: ModelsDir = REPO_ROOT / "models",
     starter_keras: Annotated[
@@ -520,7 +538,11 @@ def systems(
         [int(size) for size in split_list(raw_batch_sizes)],
     )  # fmt: skip
     results_folder = new_results_folder(work_dir)
-    specs = system_specs([Path(file) for file in split_list(batching_configs)], not no_unbatched)
+    specs = system_specs(
+        [Path(file) for file in split_list(batching_configs)],
+        not no_unbatched,
+        [Path(file) for file in split_list(session_configs)],
+    )
     results = run_or_exit(
         "benchmark",
         lambda: run_benchmark(
