@@ -739,9 +739,10 @@ def raw(
     """(A child process of the two above) the raw ceiling as JSON on stdout: loadtest/raw_model.py."""
     from loadtest import raw_model
 
-    images = model_inputs(load_uploads(uploads))
+    samples = load_uploads(uploads)
     sizes = [int(size) for size in split_list(batch_sizes)]
-    print(json.dumps(raw_model.measure(version_dir, images, sizes, seconds, rounds)))
+    files = [sample.data for sample in samples]
+    print(json.dumps(raw_model.measure(version_dir, model_inputs(samples), sizes, seconds, rounds, files)))
 
 
 @app.command("resnet50-run", hidden=True)

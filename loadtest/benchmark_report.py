@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 BEGIN_MARKER = "<!-- benchmark:begin -->"
 END_MARKER = "<!-- benchmark:end -->"
 # Goals from the issue: stack saturation >= 0.9 x raw ceiling; >= 3x the baseline's rate within target.
-CEILING_RATIO_GOAL = 0.9
+CEILING_RATIO_GOAL = 0.9  # issue 6: against the model alone
+DECODING_CEILING_RATIO_GOAL = 0.85  # issue 17: against decode + canonical normalization + model
 BASELINE_RATIO_GOAL = 3.0
 # Other processes above this share of the CPU during a step make its numbers provisional.
 QUIET_MACHINE_SHARE = 0.10
@@ -91,6 +92,12 @@ def render_report(results: dict[str, Any], settings: BenchmarkSettings, command_
         raws = raw_by_model.get(key, [])
         ceiling = [entry["best_images_per_second"] for entry in raws]
         ceiling_by_repeat = {entry["repeat"]: entry["best_images_per_second"] for entry in raws}
+        # decode + canonical normalization + model in one process (absent in runs before 2026-12-02)
+        decoding_by_repeat = {
+            entry["repeat"]: entry["with_decoding"]["best_images_per_second"]
+            for entry in raws
+            if entry.get("with_decoding")
+        }
         lines += [
             f"### {model['description']}",
             "",
@@ -98,10 +105,16 @@ def render_report(results: dict[str, Any], settings: BenchmarkSettings, command_
             f"baseline loads `{model['keras_model']}`.",
             "",
             "| system | highest rate with p95 ≤ target (req/s) | p95 there (ms) "
-            "| saturation throughput (req/s) | p95 at saturation (ms) | saturation ÷ raw ceiling |",
-            "|---|---|---|---|---|---|",
-            f"| raw SavedModel in process, best batch size (img/s) | | | {cell(ceiling)} | | 1.00 |",
+            "| saturation throughput (req/s) | p95 at saturation (ms) | saturation ÷ raw ceiling "
+            "| saturation ÷ decode + model ceiling |",
+            "|---|---|---|---|---|---|---|",
+            f"| raw SavedModel in process, best batch size (img/s) | | | {cell(ceiling)} | | 1.00 | |",
         ]
+        if decoding_by_repeat:
+            lines.append(
+                "| decode + canonical normalization + model in one process, best batch size (img/s) "
+                f"| | | {cell(list(decoding_by_repeat.values()))} | | | 1.00 |"
+            )
         rates: dict[str, list[float]] = {}
         for spec_key, description in descriptions.items():
             entries = by_model_system.get((key, spec_key), [])
@@ -111,11 +124,14 @@ def render_report(results: dict[str, Any], settings: BenchmarkSettings, command_
             best_p95 = [best_step_p95(entry) for entry in entries]
             saturation = [entry["saturation"]["throughput"] or 0.0 for entry in entries]
             saturation_p95 = [entry["saturation"]["p95_ms"] or math.nan for entry in entries]
-            ratio = [
-                (entry["saturation"]["throughput"] or 0.0) / ceiling_by_repeat[entry["repeat"]]
-                for entry in entries
-                if ceiling_by_repeat.get(entry["repeat"])
-            ]
+            ratio, decoding_ratio = (
+                [
+                    (entry["saturation"]["throughput"] or 0.0) / reference[entry["repeat"]]
+                    for entry in entries
+                    if reference.get(entry["repeat"])
+                ]
+                for reference in (ceiling_by_repeat, decoding_by_repeat)
+            )
             rate_cell, p95_cell = cell(rates[spec_key]), cell(best_p95, 0)
             if not any(rates[spec_key]):
                 # Within target at no rate tried: say how close the slowest rate came.
@@ -124,10 +140,10 @@ def render_report(results: dict[str, Any], settings: BenchmarkSettings, command_
                 p95_cell = f"{lowest['p95_ms']:.0f} at {lowest['offered_rate']:.2f} req/s (lowest rate tried)"
             lines.append(
                 f"| {description} | {rate_cell} | {p95_cell} | {cell(saturation)} "
-                f"| {cell(saturation_p95, 0)} | {cell(ratio, 2)} |"
+                f"| {cell(saturation_p95, 0)} | {cell(ratio, 2)} | {cell(decoding_ratio, 2)} |"
             )
         lines.append("")
-        lines += goal_lines(key, by_model_system, ceiling_by_repeat, rates)
+        lines += goal_lines(key, by_model_system, ceiling_by_repeat, rates, decoding_by_repeat)
         lines += raw_table(raws, settings.raw_batch_sizes)
         lines += stage_table(key, by_model_system, descriptions)
     lines += [
@@ -176,20 +192,23 @@ def goal_lines(
     by_model_system: dict[tuple[str, str], list[dict[str, Any]]],
     ceiling_by_repeat: dict[int, float],
     rates: dict[str, list[float]],
+    decoding_by_repeat: dict[int, float] | None = None,
 ) -> list[str]:
     lines = []
     stack_entries = by_model_system.get((key, "stack"), [])
-    ratios = [
-        (entry["saturation"]["throughput"] or 0.0) / ceiling_by_repeat[entry["repeat"]]
-        for entry in stack_entries
-        if ceiling_by_repeat.get(entry["repeat"])
-    ]
-    if ratios:
-        median = statistics.median(ratios)
-        verdict = "met" if median >= CEILING_RATIO_GOAL else "**not met**"
-        lines.append(
-            f"- Stack saturation ÷ raw ceiling: **{median:.2f}** (goal ≥ {CEILING_RATIO_GOAL}): {verdict}."
-        )
+    for name, reference, goal in (
+        ("raw ceiling", ceiling_by_repeat, CEILING_RATIO_GOAL),
+        ("decode + normalization + model ceiling", decoding_by_repeat or {}, DECODING_CEILING_RATIO_GOAL),
+    ):
+        ratios = [
+            (entry["saturation"]["throughput"] or 0.0) / reference[entry["repeat"]]
+            for entry in stack_entries
+            if reference.get(entry["repeat"])
+        ]
+        if ratios:
+            median = statistics.median(ratios)
+            verdict = "met" if median >= goal else "**not met**"
+            lines.append(f"- Stack saturation ÷ {name}: **{median:.2f}** (goal ≥ {goal}): {verdict}.")
     stack_rates = {entry["repeat"]: entry["max_rate_within_target"] for entry in stack_entries}
     baselines = {entry["repeat"]: entry for entry in by_model_system.get((key, BASELINE), [])}
     paired = [(stack_rates[repeat], baselines[repeat]) for repeat in stack_rates if repeat in baselines]

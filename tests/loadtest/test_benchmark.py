@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from common.preprocessing import IMAGE_SIZE
+from common.repository import CPU_SESSION_CONFIG_FILE
 from loadtest import benchmark, benchmark_report
 from tests.serving.local_server_support import build_tiny_saved_model
 
@@ -56,6 +57,7 @@ def test_benchmark_measures_every_system_and_writes_its_section(uploads_dir: Pat
             "--concurrency=4",
             "--raw-seconds=0.3",
             "--raw-batch-sizes=1,2",
+            f"--session-configs={CPU_SESSION_CONFIG_FILE}",
             f"--work-dir={work}",
             f"--output={document}",
         ],
@@ -66,7 +68,14 @@ def test_benchmark_measures_every_system_and_writes_its_section(uploads_dir: Pat
     text = document.read_text()
     assert text.startswith("# Performance\n\nprose before\n") and text.endswith("\n\nprose after\n")
     assert "old numbers" not in text and text.count(benchmark_report.BEGIN_MARKER) == 1
-    for row in ("raw SavedModel in process", "gateway + model server, batching", "no server-side batching"):
+    for row in (
+        "raw SavedModel in process",
+        "decode + canonical normalization + model in one process",
+        "gateway + model server, batching",
+        "session config `serving/session_config.cpu.pbtxt`",
+        "no server-side batching",
+        "Stack saturation ÷ decode + normalization + model ceiling",
+    ):
         assert row in text, row
     assert "baseline: one FastAPI process" in text
     assert "Where the time goes" in text
@@ -74,7 +83,7 @@ def test_benchmark_measures_every_system_and_writes_its_section(uploads_dir: Pat
     (results_file,) = work.glob("*/benchmark.json")
     results = json.loads(results_file.read_text())
     systems = {entry["system"]: entry for entry in results["systems"]}
-    assert set(systems) == {"stack", "stack-nobatch", "baseline"}
+    assert set(systems) == {"stack", "stack-session_config.cpu", "stack-nobatch", "baseline"}
     for entry in systems.values():
         # Every system answered every request of the saturation step (no failures, only slow answers).
         assert entry["saturation"]["completed"] > 0 and entry["saturation"]["failed"] == 0
@@ -83,3 +92,5 @@ def test_benchmark_measures_every_system_and_writes_its_section(uploads_dir: Pat
     stages = systems["stack"]["saturation"]["stages_ms"]
     assert stages["requests"] > 0 and stages["decode"] > 0
     assert set(results["raw"][0]["batch_sizes"]) == {"1", "2"}
+    with_decoding = results["raw"][0]["with_decoding"]
+    assert set(with_decoding["batch_sizes"]) == {"1", "2"} and with_decoding["best_images_per_second"] > 0
