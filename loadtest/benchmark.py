@@ -101,7 +101,10 @@ class SystemSpec:
 
 
 def system_specs(
-    batching_files: Sequence[Path], include_no_batching: bool, session_configs: Sequence[Path] = ()
+    batching_files: Sequence[Path],
+    include_no_batching: bool,
+    session_configs: Sequence[Path] = (),
+    include_baseline: bool = True,
 ) -> list[SystemSpec]:
     specs = []
     for index, batching_file in enumerate(batching_files):
@@ -122,7 +125,8 @@ def system_specs(
         )
     if include_no_batching:
         specs.append(SystemSpec(NO_BATCHING, "gateway + model server, no server-side batching"))
-    specs.append(SystemSpec(BASELINE, "baseline: one FastAPI process, Keras `model.predict` per request"))
+    if include_baseline:
+        specs.append(SystemSpec(BASELINE, "baseline: one FastAPI process, Keras `model.predict` per request"))
     return specs
 
 
@@ -511,6 +515,7 @@ def systems(
         str, typer.Option(help="comma-separated; one stack per file (the first is 'the stack')")
     ] = str(DEFAULT_BATCHING_FILE),
     no_unbatched: Annotated[bool, typer.Option(help="skip the stack without batching")] = False,
+    no_baseline: Annotated[bool, typer.Option(help="skip the baseline (needs no Keras model)")] = False,
     session_configs: Annotated[
         str, typer.Option(help="comma-separated; one more stack (first batching file) per session config")
     ] = "",
@@ -542,12 +547,13 @@ def systems(
         [Path(file) for file in split_list(batching_configs)],
         not no_unbatched,
         [Path(file) for file in split_list(session_configs)],
+        include_baseline=not no_baseline,
     )
     results = run_or_exit(
         "benchmark",
         lambda: run_benchmark(
             prepare_models(split_list(models), work_dir, resnet50_variant, models_dir,
-                           results_folder / "prepare.log", starter_keras),
+                           results_folder / "prepare.log", starter_keras, not no_baseline),
             specs, settings, uploads, results_folder,
         ),
     )  # fmt: skip

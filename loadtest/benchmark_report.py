@@ -101,8 +101,8 @@ def render_report(results: dict[str, Any], settings: BenchmarkSettings, command_
         lines += [
             f"### {model['description']}",
             "",
-            f"`{model['version_dir']}`, export variant `{model['variant']}`; "
-            f"baseline loads `{model['keras_model']}`.",
+            f"`{model['version_dir']}`, export variant `{model['variant']}`"
+            + (f"; baseline loads `{model['keras_model']}`." if (key, BASELINE) in by_model_system else "."),
             "",
             "| system | highest rate with p95 ≤ target (req/s) | p95 there (ms) "
             "| saturation throughput (req/s) | p95 at saturation (ms) | saturation ÷ raw ceiling "
