@@ -39,7 +39,6 @@ from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import numpy as np
 import typer
 
@@ -484,7 +483,8 @@ def given_options(context: typer.Context) -> str:
     return " ".join(
         f"--{name.replace('_', '-')}={value}"
         for name, value in context.params.items()
-        if context.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+        # By name: Typer's own (vendored) click has its own ParameterSource enum.
+        if getattr(context.get_parameter_source(name), "name", None) == "COMMANDLINE"
     )
 
 

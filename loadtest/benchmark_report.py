@@ -289,13 +289,9 @@ def stage_table(
         entries = by_model_system.get((key, spec_key), [])
         at_target = [best_stages(entry) for entry in entries]
         at_saturation = [entry["saturation"]["stages_ms"] for entry in entries]
-        short = (
-            "no batching"
-            if spec_key == NO_BATCHING
-            else description.split("`")[1]
-            if "`" in description
-            else spec_key
-        )
+        # The files that tell the stacks apart (batching, session config), else the key.
+        files = description.split("`")[1::2]
+        short = "no batching" if spec_key == NO_BATCHING else " + ".join(files) if files else spec_key
         columns.append((f"{short}, at the highest rate within target", [item for item in at_target if item]))
         columns.append((f"{short}, at saturation", [item for item in at_saturation if item]))
     if not any(values for _, values in columns):

@@ -79,6 +79,7 @@ def test_benchmark_measures_every_system_and_writes_its_section(uploads_dir: Pat
         assert row in text, row
     assert "baseline: one FastAPI process" in text
     assert "Where the time goes" in text
+    assert "Reproduce: `python -m loadtest.benchmark systems --models=starter --models-dir=" in text
 
     (results_file,) = work.glob("*/benchmark.json")
     results = json.loads(results_file.read_text())
