@@ -109,14 +109,11 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-def _before_exec(parent: int | None, cpus: frozenset[int] | None) -> None:
-    """In the child, before exec: pin to `cpus`; SIGTERM when `parent` dies, however it dies."""
-    if cpus is not None:
-        os.sched_setaffinity(0, cpus)
-    if parent is not None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0 or os.getppid() != parent:
-            os._exit(1)  # no parent-death signal, or the launcher is already gone: do not start
+def _before_exec(parent: int) -> None:
+    """In the child, before exec: SIGTERM when `parent` dies, however it dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0 or os.getppid() != parent:
+        os._exit(1)  # no parent-death signal, or the launcher is already gone: do not start
 
 
 @dataclass
@@ -130,14 +127,12 @@ class ManagedProcess:
     # Its own session: a terminal's Ctrl-C reaches only the launcher, which stops children in order.
     new_session: bool = True
     terminate_with_parent: bool = False  # Linux only: the child gets SIGTERM when we die
-    cpus: frozenset[int] | None = None
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ManagedProcess:
         if self.running:
             return self
         parent = os.getpid() if self.terminate_with_parent and sys.platform == "linux" else None
-        needs_hook = parent is not None or self.cpus is not None
         log = None
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -150,7 +145,7 @@ class ManagedProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT if log is not None else None,
                 start_new_session=self.new_session,
-                preexec_fn=partial(_before_exec, parent, self.cpus) if needs_hook else None,
+                preexec_fn=partial(_before_exec, parent) if parent is not None else None,
             )
         finally:
             if log is not None:

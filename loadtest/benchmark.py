@@ -335,9 +335,8 @@ def measure_raw(
     seconds: float,
     batch_sizes: Sequence[int],
     uploads_directory: Path,
-    cpus: frozenset[int] | None = None,
 ) -> dict[str, Any]:
-    """The raw ceiling in a child process (on the CPUs `cpus` only, when given)."""
+    """The raw ceilings in a child process."""
     command = [
         sys.executable,
         "-m",
@@ -354,7 +353,6 @@ def measure_raw(
         capture_output=True,
         text=True,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-        preexec_fn=partial(os.sched_setaffinity, 0, cpus) if cpus else None,
     )
     if completed.returncode != 0:
         raise BenchmarkError(f"raw measurement failed:\n{completed.stderr[-3000:]}")

@@ -14,14 +14,11 @@ Each repeat measures, in this order:
 1. the raw model in process (`loadtest/raw_model.py`, which reports CPU time per image),
 2. the stack on the real uploads, one image per request,
 3. the stack on the same images pre-resized to canonical 256x256 PNG (decoding almost free): what the
-   serving path costs when the upload's decode is taken out;
-4. the other topology, one core each: the raw model pinned to CPU 0, then a fresh stack with the
-   model server alone on CPU 0 and the gateway and the load generator on CPU 1 (real uploads), as
-   in production where the gateway runs on other machines than the model server;
+   serving path costs when the upload's decode is taken out.
 
-(Its fifth step, a what-if of JPEG DCT-domain decoding, was retired in issue 15: the canonical
-normalization now decodes JPEGs with DCT scaling itself, and its cost per upload is measured in
-docs/model-report.md.)
+Retired in issue 15, their measured numbers kept in docs/performance.md: the one-core-each
+topology (model server alone on CPU 0, gateway and load generator on CPU 1), and a what-if of
+JPEG DCT-domain decoding (the canonical normalization now decodes JPEGs with DCT scaling itself).
 
 The results go to results/benchmark/<stamp>/cpu_budget.json and between the cpu-budget markers
 of docs/performance.md.
@@ -29,14 +26,12 @@ of docs/performance.md.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import io
 import json
 import os
 import shutil
 import statistics
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,19 +59,6 @@ BEGIN_MARKER = "<!-- cpu-budget:begin -->"
 END_MARKER = "<!-- cpu-budget:end -->"
 PROCESSES = ("load generator", "gateway", "model server")
 RAW_BATCH_SIZES = (1, 32)  # batch 1, and the best batch size of the benchmark's raw tables
-MODEL_CPU, FRONT_CPU = 0, 1  # the one-core-each topology
-PINNED_UPLOADS = "real uploads; model server alone on CPU 0, gateway + load generator on CPU 1"
-
-
-@contextlib.contextmanager
-def this_thread_on(cpus: frozenset[int]) -> Iterator[None]:
-    """Run the calling thread (and the threads it starts meanwhile) on `cpus` only."""
-    previous = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, cpus)
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, previous)
 
 
 def cpu_seconds(process_id: int, with_descendants: bool) -> float:
@@ -131,7 +113,6 @@ class BudgetStep:
     idle_ms_per_request: float  # capacity (cores x step) minus all of the above, per request
     capacity_ms_per_request: float
     breakdown: dict[str, Any] | None
-    cpu_affinity: dict[str, list[int]]
 
     @property
     def throughput(self) -> float:
@@ -155,20 +136,7 @@ class BudgetStep:
             "idle_ms_per_request": round(self.idle_ms_per_request, 2),
             "capacity_ms_per_request": round(self.capacity_ms_per_request, 2),
             "breakdown": self.breakdown,
-            "cpu_affinity": self.cpu_affinity,
-            "pinned": self.uploads == PINNED_UPLOADS,
         }
-
-
-def cpu_affinities(stack: LocalStack) -> dict[str, list[int]]:
-    """The CPUs each process may run on; the load generator's are this thread's."""
-    affinities = {"load generator": sorted(os.sched_getaffinity(0))}
-    for name, process_id in stack.process_ids().items():
-        try:
-            affinities[name] = sorted(psutil.Process(process_id).cpu_affinity() or [])
-        except psutil.Error:
-            affinities[name] = []
-    return affinities
 
 
 def budget_step(
@@ -198,7 +166,6 @@ def budget_step(
         idle_ms_per_request=capacity - sum(used.values()) - other,
         capacity_ms_per_request=capacity,
         breakdown=breakdown.to_dict(),
-        cpu_affinity=cpu_affinities(stack),
     )
 
 
@@ -220,7 +187,7 @@ def measure_once(
     seconds: float,
     raw_seconds: float,
 ) -> dict[str, Any]:
-    """The raw model, a fresh stack on both kinds of uploads; then both again, one core each."""
+    """The raw model, then a fresh stack on both kinds of uploads."""
     raw = measure_raw(model, raw_seconds, RAW_BATCH_SIZES, uploads_directory)
     real_uploads = [multipart_upload(sample) for sample in samples]
     models, config_file = model_workspace(model, results_folder / "workspace")
@@ -239,28 +206,7 @@ def measure_once(
             steps.append(step.to_dict())
     finally:
         stack.stop()
-    result: dict[str, Any] = {"raw": raw, "steps": steps}
-    if (psutil.cpu_count() or 1) < 2:
-        return result
-    result["raw_pinned"] = measure_raw(
-        model, raw_seconds, RAW_BATCH_SIZES, uploads_directory, cpus=frozenset({MODEL_CPU})
-    )
-    stack = LocalStack(
-        models,
-        config_file,
-        results_folder / "logs" / f"{model.key}-pinned",
-        batching_file=DEFAULT_BATCHING_FILE,
-        cpu_affinity={"model server": frozenset({MODEL_CPU}), "gateway": frozenset({FRONT_CPU})},
-    )
-    stack.start(START_TIMEOUT_SECONDS)
-    try:
-        with this_thread_on(frozenset({FRONT_CPU})):
-            step = budget_step(stack, real_uploads, PINNED_UPLOADS, concurrency, seconds)
-        report(step)
-        steps.append(step.to_dict())
-    finally:
-        stack.stop()
-    return result
+    return {"raw": raw, "steps": steps}
 
 
 @dataclass(frozen=True)
@@ -304,20 +250,13 @@ def table_row(repeat: dict[str, Any], step: dict[str, Any], cores: int) -> dict[
     """The figures of one repeat's row; the table quotes their medians.
 
     Sharing the cores, the CPU bound on requests/s is cores x 1000 / (all three processes' core-ms)
-    and the predicted stack ÷ ceiling is the model's core-ms ÷ all three. One core each, it is
-    1000 / the busier core's core-ms, against the raw model on one core."""
-    pinned = bool(step.get("pinned"))
-    raw = repeat["raw_pinned"] if pinned else repeat["raw"]
+    and the predicted stack ÷ ceiling is the model's core-ms ÷ all three."""
+    raw = repeat["raw"]
     per_image = raw["batch_sizes"]  # JSON keys: the batch sizes as strings
     model_ms = float(per_image[str(raw["best_batch_size"])]["cpu_milliseconds_per_image"])
     ceiling = float(raw["best_images_per_second"])
     used = step["cpu_ms_per_request"]
     total = float(step["total_ms_per_request"])
-    busiest = (
-        max(float(used["model server"]), float(used["gateway"]) + float(used["load generator"]))
-        if pinned
-        else total
-    )
     return {
         "throughput": float(step["throughput"]),
         "load generator": float(used["load generator"]),
@@ -326,12 +265,12 @@ def table_row(repeat: dict[str, Any], step: dict[str, Any], cores: int) -> dict[
         "total": total,
         "other": float(step["other_ms_per_request"]),
         "idle": float(step["idle_ms_per_request"]),
-        "bound": (1 if pinned else cores) * 1000 / busiest,
+        "bound": cores * 1000 / total,
         "model_ms": model_ms,
         "batch1_ms": float(per_image["1"]["cpu_milliseconds_per_image"]),
         "ceiling": ceiling,
         "ratio": float(step["throughput"]) / ceiling,
-        "share": model_ms / busiest,
+        "share": model_ms / total,
     }
 
 
@@ -383,10 +322,7 @@ def render(results: dict[str, Any]) -> str:
     lines += [
         "",
         "Sharing both cores, the CPU bound is cores x 1000 ÷ all three processes' core-ms per request and "
-        "the predicted stack ÷ ceiling is the model's core-ms ÷ all three. In the one-core-each rows the raw "
-        "model ran pinned to CPU 0 (its ceiling and core-ms are that run's); the bound is 1000 ÷ the busier "
-        "core's core-ms per request (model server, or gateway + load generator) and the prediction the "
-        "model's core-ms ÷ that.",
+        "the predicted stack ÷ ceiling is the model's core-ms ÷ all three.",
         "",
         f"Raw numbers: `{results['results_folder']}/cpu_budget.json` (not committed).",
         "",

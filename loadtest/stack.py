@@ -48,8 +48,6 @@ class LocalStack:
     batching_file: Path | None = DEFAULT_BATCHING_FILE
     extra_server_flags: list[str] = field(default_factory=list)
     gateway_settings: dict[str, str] = field(default_factory=dict)
-    # Process name ("model server", "gateway") -> the CPUs it may run on (all of them when absent).
-    cpu_affinity: dict[str, frozenset[int]] = field(default_factory=dict)
     grpc_port: int = field(default_factory=free_port)
     rest_port: int = field(default_factory=free_port)
     gateway_port: int = field(default_factory=free_port)
@@ -92,7 +90,7 @@ class LocalStack:
         stack = self.commands()
         for name, command in (("model server", stack.server.command()), ("gateway", stack.gateway.command())):
             self.processes[name] = ManagedProcess(
-                name, command, self.log_path(name), stack.environment, cpus=self.cpu_affinity.get(name)
+                name, command, self.log_path(name), stack.environment
             ).start()
         try:
             wait_until(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -67,12 +66,7 @@ def test_cpu_budget_accounts_every_process_and_writes_its_section(uploads_dir: P
     assert [step["uploads"] for step in entry["steps"]] == [
         "real uploads",
         "the same images pre-resized to canonical 256x256 PNG",
-        cpu_budget.PINNED_UPLOADS,
     ]
-    # The one-core-each topology really ran so: the model server on CPU 0, the rest on CPU 1.
-    assert entry["raw_pinned"]["best_images_per_second"] > 0
-    assert entry["steps"][2]["cpu_affinity"] == {"load generator": [1], "model server": [0], "gateway": [1]}
-    assert entry["steps"][0]["cpu_affinity"]["model server"] == sorted(os.sched_getaffinity(0))
     for step in entry["steps"]:
         assert step["completed"] > 0 and step["failed"] == 0
         # Each of the three processes did measurable work for the requests.
@@ -82,6 +76,6 @@ def test_cpu_budget_accounts_every_process_and_writes_its_section(uploads_dir: P
         assert isinstance(step["idle_ms_per_request"], float) and step["capacity_ms_per_request"] > 0, step
     # Each process is measured under its own name: decoding full-size uploads makes the gateway the
     # busier server with the tiny model, and costs it more than decoding canonical 256x256 PNGs.
-    real, resized, _ = entry["steps"]
+    real, resized = entry["steps"]
     assert real["cpu_ms_per_request"]["gateway"] > real["cpu_ms_per_request"]["model server"]
     assert real["cpu_ms_per_request"]["gateway"] > resized["cpu_ms_per_request"]["gateway"]
