@@ -186,6 +186,7 @@ class ModelServerFlags:
     models_root: Path | None = None  # mapped onto /models, the base-path prefix of models.config
     batching_file: Path | None = None
     monitoring_file: Path | None = None
+    session_config_file: Path | None = None  # TF Serving's session ConfigProto (mixed precision)
     host: str = LOOPBACK
     extra: tuple[str, ...] = ()
 
@@ -208,6 +209,8 @@ class ModelServerFlags:
             ]
         if self.monitoring_file is not None:
             command.append(f"--monitoring_config_file={self.monitoring_file}")
+        if self.session_config_file is not None:
+            command.append(f"--tensorflow_session_config_file={self.session_config_file}")
         return [*command, *self.extra]
 
     @property
@@ -262,6 +265,7 @@ def stack_commands(
     batching_file: Path | None,
     extra_server_flags: Sequence[str] = (),
     settings: dict[str, str] | None = None,
+    session_config_file: Path | None = None,
 ) -> StackCommands:
     """The local model server (models.config's /models mapped onto `models`, serving/'s monitoring
     config when present) and the gateway pointed at it, reading the model cards in `models`.
@@ -274,6 +278,7 @@ def stack_commands(
         models_root=models,
         batching_file=batching_file,
         monitoring_file=DEFAULT_MONITORING_FILE if DEFAULT_MONITORING_FILE.is_file() else None,
+        session_config_file=session_config_file,
         extra=tuple(extra_server_flags),
     )
     environment = service_environment(

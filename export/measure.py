@@ -33,11 +33,11 @@ def load_signatures(saved_model_dir: Path) -> tuple[Any, dict[str, Signature]]:
 
 def run_images(signature: Signature, images: np.ndarray, batch_size: int = 32) -> dict[str, np.ndarray]:
     """Outputs of the uint8 signature over `images` in batches, concatenated."""
-    batches: list[Mapping[str, tf.Tensor]] = [
+    batches: list[Mapping[str, Any]] = [
         signature(**{signatures.IMAGE_INPUT: tf.constant(images[start : start + batch_size])})
         for start in range(0, len(images), batch_size)
     ]
-    return {name: np.concatenate([batch[name].numpy() for batch in batches]) for name in batches[0]}
+    return {name: np.concatenate([np.asarray(batch[name]) for batch in batches]) for name in batches[0]}
 
 
 def run_image_bytes(

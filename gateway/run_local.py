@@ -69,12 +69,12 @@ class RunOptions:
     ready_timeout: float = READY_TIMEOUT_SECONDS
     mixed_precision: MixedPrecision = MixedPrecision.off
 
-    def server_flags(self) -> list[str]:
-        """TF Serving's session config flag when mixed precision is wanted (see MixedPrecision)."""
+    def session_config_file(self) -> Path | None:
+        """TF Serving's session config when mixed precision is wanted (see MixedPrecision)."""
         wanted = self.mixed_precision is MixedPrecision.on or (
             self.mixed_precision is MixedPrecision.auto and computes_bfloat16()
         )
-        return [f"--tensorflow_session_config_file={CPU_SESSION_CONFIG_FILE}"] if wanted else []
+        return CPU_SESSION_CONFIG_FILE if wanted else None
 
 
 def check_port_free(port: int, what: str, option: str) -> None:
@@ -101,7 +101,7 @@ def stack_processes(arguments: RunOptions) -> tuple[ManagedProcess, ManagedProce
         arguments.model_name,
         arguments.model_config,
         batching_file=DEFAULT_BATCHING_FILE if DEFAULT_BATCHING_FILE.is_file() else None,
-        extra_server_flags=arguments.server_flags(),
+        session_config_file=arguments.session_config_file(),
     )
     return (
         ManagedProcess(

@@ -167,9 +167,12 @@ def start_stack(
     spec: SystemSpec, model: BenchmarkModel, workspace: Path, log_directory: Path
 ) -> RunningSystem:
     models, config_file = model_workspace(model, workspace)
-    flags = [] if spec.session_config is None else [f"--tensorflow_session_config_file={spec.session_config}"]
     stack = LocalStack(
-        models, config_file, log_directory, batching_file=spec.batching_file, extra_server_flags=flags
+        models,
+        config_file,
+        log_directory,
+        batching_file=spec.batching_file,
+        session_config_file=spec.session_config,
     )
     stack.start(START_TIMEOUT_SECONDS)
     return stack_system(stack)

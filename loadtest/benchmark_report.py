@@ -124,14 +124,8 @@ def render_report(results: dict[str, Any], settings: BenchmarkSettings, command_
             best_p95 = [best_step_p95(entry) for entry in entries]
             saturation = [entry["saturation"]["throughput"] or 0.0 for entry in entries]
             saturation_p95 = [entry["saturation"]["p95_ms"] or math.nan for entry in entries]
-            ratio, decoding_ratio = (
-                [
-                    (entry["saturation"]["throughput"] or 0.0) / reference[entry["repeat"]]
-                    for entry in entries
-                    if reference.get(entry["repeat"])
-                ]
-                for reference in (ceiling_by_repeat, decoding_by_repeat)
-            )
+            ratio = saturation_ratios(entries, ceiling_by_repeat)
+            decoding_ratio = saturation_ratios(entries, decoding_by_repeat)
             rate_cell, p95_cell = cell(rates[spec_key]), cell(best_p95, 0)
             if not any(rates[spec_key]):
                 # Within target at no rate tried: say how close the slowest rate came.
@@ -187,6 +181,15 @@ def best_step_p95(entry: dict[str, Any]) -> float:
     return float(max(passing, key=lambda step: step["offered_rate"])["p95_ms"])
 
 
+def saturation_ratios(entries: list[dict[str, Any]], ceiling_by_repeat: dict[int, float]) -> list[float]:
+    """Each repeat's saturation throughput ÷ that repeat's ceiling (repeats without one left out)."""
+    return [
+        (entry["saturation"]["throughput"] or 0.0) / ceiling_by_repeat[entry["repeat"]]
+        for entry in entries
+        if ceiling_by_repeat.get(entry["repeat"])
+    ]
+
+
 def goal_lines(
     key: str,
     by_model_system: dict[tuple[str, str], list[dict[str, Any]]],
@@ -200,11 +203,7 @@ def goal_lines(
         ("raw ceiling", ceiling_by_repeat, CEILING_RATIO_GOAL),
         ("decode + normalization + model ceiling", decoding_by_repeat or {}, DECODING_CEILING_RATIO_GOAL),
     ):
-        ratios = [
-            (entry["saturation"]["throughput"] or 0.0) / reference[entry["repeat"]]
-            for entry in stack_entries
-            if reference.get(entry["repeat"])
-        ]
+        ratios = saturation_ratios(stack_entries, reference)
         if ratios:
             median = statistics.median(ratios)
             verdict = "met" if median >= goal else "**not met**"

@@ -71,7 +71,7 @@ def evaluation_sets(data: Path, limit: int | None = None) -> dict[str, list[Any]
 
 class SessionSignature:
     """`serving_default` of a version as the local model server runs it, callable like a loaded
-    SavedModel's signature (so export.measure.speed, the one timing loop, times it)."""
+    SavedModel's signature (so export.measure's run_images and speed, the one timing loop, run it)."""
 
     def __init__(self, version_dir: Path, session_config: Path | None) -> None:
         from serving.runtime import load_runtime, read_session_config
@@ -83,13 +83,6 @@ class SessionSignature:
         return self.runtime.run(
             signatures.SERVING_SIGNATURE, {name: np.asarray(value) for name, value in inputs.items()}
         )
-
-    def outputs(self, images: np.ndarray, batch_size: int = 32) -> dict[str, np.ndarray]:
-        batches = [
-            self(**{signatures.IMAGE_INPUT: images[start : start + batch_size]})
-            for start in range(0, len(images), batch_size)
-        ]
-        return {name: np.concatenate([batch[name] for batch in batches]) for name in batches[0]}
 
     def close(self) -> None:
         self.runtime.close()
@@ -151,11 +144,13 @@ def check_model(
     rule: PrecisionRule,
 ) -> dict[str, Any]:
     """The rule's verdict for one version under `session_config`, with every figure behind it."""
+    from export.measure import run_images
+
     runs = {FP32: SessionSignature(version_dir, None), MIXED: SessionSignature(version_dir, session_config)}
     try:
         figures = {}
         for name, (images, labels) in sets.items():
-            outputs = {mode: run.outputs(images) for mode, run in runs.items()}
+            outputs = {mode: run_images(run, images) for mode, run in runs.items()}
             figures[name] = set_figures(outputs, labels)
             figures[name]["misses"] = rule.misses(figures[name])
         speeds = paired_speed(runs, speed_images, batch_sizes, pairs)

@@ -47,6 +47,7 @@ class LocalStack:
     model_name: str = DEFAULT_MODEL_NAME
     batching_file: Path | None = DEFAULT_BATCHING_FILE
     extra_server_flags: list[str] = field(default_factory=list)
+    session_config_file: Path | None = None  # TF Serving's --tensorflow_session_config_file
     gateway_settings: dict[str, str] = field(default_factory=dict)
     grpc_port: int = field(default_factory=free_port)
     rest_port: int = field(default_factory=free_port)
@@ -79,6 +80,7 @@ class LocalStack:
             self.batching_file,
             self.extra_server_flags,
             self.gateway_settings,
+            self.session_config_file,
         )
 
     def start(self, ready_timeout_seconds: float = READY_TIMEOUT_SECONDS) -> None:

@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from common.repository import CPU_SESSION_CONFIG_FILE
-from gateway.run_local import MixedPrecision, RunOptions
+from gateway.run_local import MixedPrecision, RunOptions, stack_processes
 from tests.gateway.conftest import TinyModelRepository
 from tests.gateway.processes import REPO_ROOT, START_TIMEOUT_SECONDS, free_port, quiet_environment
 
@@ -171,9 +171,14 @@ def test_run_local_explains_a_missing_model(tmp_path) -> None:  # type: ignore[n
 def test_mixed_precision_option(monkeypatch: pytest.MonkeyPatch) -> None:
     """Off by default; --mixed-precision on forces it; auto follows the CPU's bfloat16 instructions."""
     flag = [f"--tensorflow_session_config_file={CPU_SESSION_CONFIG_FILE}"]
-    assert RunOptions().server_flags() == []
-    assert RunOptions(mixed_precision=MixedPrecision.on).server_flags() == flag
+
+    def server_flags(options: RunOptions) -> list[str]:
+        command = stack_processes(options)[0].command
+        return [argument for argument in command if argument.startswith("--tensorflow_session_config_file")]
+
+    assert server_flags(RunOptions()) == []
+    assert server_flags(RunOptions(mixed_precision=MixedPrecision.on)) == flag
     for has_bfloat16 in (True, False):
         monkeypatch.setattr("gateway.run_local.computes_bfloat16", lambda answer=has_bfloat16: answer)
         automatic = RunOptions(mixed_precision=MixedPrecision.auto)
-        assert automatic.server_flags() == (flag if has_bfloat16 else [])
+        assert server_flags(automatic) == (flag if has_bfloat16 else [])
