@@ -64,8 +64,11 @@ def test_larger_images_are_scaled_like_the_data_set_then_windowed() -> None:
     rng = np.random.default_rng(1)
     image = Image.fromarray(rng.integers(0, 256, (800, 1000, 3), dtype=np.uint8))
     assert preprocessing.dataset_size(1000, 800) == (384, 307)
-    expected = np.asarray(image.resize((384, 307), Image.Resampling.LANCZOS))[25:281, 64:320]
-    assert np.array_equal(decode_and_resize(encode(image, "PNG")), expected)
+    expected = np.asarray(image.resize((384, 307), Image.Resampling.LANCZOS))[25:281, 64:320].astype(int)
+    # Only the window is scaled (Pillow's resize box): the same taps, rounded in another order.
+    difference = np.abs(decode_and_resize(encode(image, "PNG")).astype(int) - expected)
+    assert difference.max() <= 1
+    assert np.count_nonzero(difference) <= 0.001 * difference.size
 
 
 def test_short_sides_are_mirrored_not_stretched() -> None:
