@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import inspect
 import random
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
 from common.preprocessing import IMAGE_SIZE, decode_and_resize
+from gateway import api
 from gateway.errors import ModelUnavailableError, UpstreamError, UpstreamTimeoutError
+from gateway.main import create_app
+from gateway.settings import Settings
 from tests.gateway import images
 from tests.gateway.conftest import FAKE_THRESHOLD, FAKE_VERSION, FakeModelClient, MakeClient
 
@@ -421,3 +428,28 @@ def test_unknown_path_and_method_keep_the_error_shape(
     client, _ = client_and_fake
     assert_error(client.get("/nothing-here"), 404)
     assert_error(client.get("/predict"), 405)
+
+
+def test_no_route_or_dependency_runs_on_the_thread_pool() -> None:
+    # FastAPI runs a plain `def` endpoint or dependency in its thread pool: a thread hop per call,
+    # which under load queued requests for tens of ms (docs/performance.md, issue 17). Every one
+    # the gateway declares is a coroutine (or an async generator), so none takes that hop.
+    def calls(dependant: Dependant) -> Iterator[Callable[..., object]]:
+        if dependant.call is not None:
+            yield dependant.call
+        for child in dependant.dependencies:
+            yield from calls(child)
+
+    # The app's own routes and those of the API router it includes (FastAPI keeps the latter in
+    # the router, not flattened into app.routes).
+    every_route = [*create_app(Settings()).routes, *api.router.routes]
+    routes = [route for route in every_route if isinstance(route, APIRoute)]
+    assert {"/predict", "/predict/batch", "/v1/model"} <= {route.path for route in routes}
+    found = {call for route in routes for call in calls(route.dependant)}
+    assert len(found) > 10  # the endpoints and their dependencies, nested ones included
+    blocking = sorted(
+        call.__qualname__
+        for call in found
+        if not (inspect.iscoroutinefunction(call) or inspect.isasyncgenfunction(call))
+    )
+    assert blocking == []
