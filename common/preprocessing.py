@@ -267,9 +267,13 @@ def centre_window(pixels: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
         before = [extent // 2 for extent in missing]
         padding = [(before[0], missing[0] - before[0]), (before[1], missing[1] - before[1]), (0, 0)]
         pixels = np.pad(pixels, padding, mode="symmetric")
-    height, width = pixels.shape[:2]
-    top, left = (height - size) // 2, (width - size) // 2
+    top, left = window_start(pixels.shape[0], size), window_start(pixels.shape[1], size)
     return np.ascontiguousarray(pixels[top : top + size, left : left + size])
+
+
+def window_start(extent: int, size: int = IMAGE_SIZE) -> int:
+    """Where the centred window of `size` starts along a side of `extent` (>= size) pixels."""
+    return (extent - size) // 2
 
 
 def resize_to_model_input(image: Image.Image, size: int = IMAGE_SIZE) -> np.ndarray:
@@ -288,7 +292,7 @@ def resize_to_model_input(image: Image.Image, size: int = IMAGE_SIZE) -> np.ndar
     if (scaled_width, scaled_height) == (width, height) or min(scaled_width, scaled_height) < size:
         return centre_window(np.asarray(normalize_like_dataset(image), dtype=np.uint8), size)
     scale_x, scale_y = width / scaled_width, height / scaled_height
-    left, top = (scaled_width - size) // 2, (scaled_height - size) // 2
+    left, top = window_start(scaled_width, size), window_start(scaled_height, size)
     box = (left * scale_x, top * scale_y, (left + size) * scale_x, (top + size) * scale_y)
     window = image.resize((size, size), resample=Image.Resampling.LANCZOS, box=box, reducing_gap=REDUCING_GAP)
     return np.asarray(window, dtype=np.uint8)
