@@ -9,6 +9,7 @@ variant choice, training.loso speed) records it next to its numbers with
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import threading
@@ -135,13 +136,18 @@ class OtherLoadMonitor:
 BFLOAT16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
+@functools.cache
+def _cpu_info_lines() -> tuple[str, ...]:
+    """/proc/cpuinfo's lines, read once per process (none where there is no such file)."""
+    cpu_info = Path("/proc/cpuinfo")
+    return tuple(cpu_info.read_text().splitlines()) if cpu_info.is_file() else ()
+
+
 def _cpu_info(field_name: str) -> str:
     """The first `field_name` line's value in /proc/cpuinfo ("" where there is none)."""
-    cpu_info = Path("/proc/cpuinfo")
-    if cpu_info.is_file():
-        for line in cpu_info.read_text().splitlines():
-            if line.startswith(field_name):
-                return line.split(":", 1)[1].strip()
+    for line in _cpu_info_lines():
+        if line.startswith(field_name):
+            return line.split(":", 1)[1].strip()
     return ""
 
 

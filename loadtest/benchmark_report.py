@@ -1,6 +1,6 @@
 """The benchmark's report: tables, goal lines and the section written into docs/performance.md.
 
-loadtest/benchmark.py measures (systems, steps, the run) and calls :func:`render_report` on its
+loadtest/systems.py measures (systems, steps, the run) and calls :func:`render_report` on its
 results; `--from-json` renders an earlier run's results again without measuring.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from loadtest.benchmark import BenchmarkSettings
+    from loadtest.systems import BenchmarkSettings
 
 BEGIN_MARKER = "<!-- benchmark:begin -->"
 END_MARKER = "<!-- benchmark:end -->"

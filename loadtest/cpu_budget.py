@@ -43,17 +43,17 @@ from common.machine import machine_description
 from common.preprocessing import decode_and_resize
 from common.repository import DEFAULT_BATCHING_FILE, code_version
 from loadtest import generator, stages
-from loadtest.benchmark import (
+from loadtest.benchmark_models import BenchmarkModel
+from loadtest.benchmark_report import write_into
+from loadtest.samples import MultipartUpload, UploadSample, load_uploads, multipart_upload
+from loadtest.stack import LocalStack
+from loadtest.systems import (
     START_TIMEOUT_SECONDS,
     display_path,
     measure_raw,
     model_workspace,
     stack_system,
 )
-from loadtest.benchmark_models import BenchmarkModel
-from loadtest.benchmark_report import write_into
-from loadtest.samples import MultipartUpload, UploadSample, load_uploads, multipart_upload
-from loadtest.stack import LocalStack
 
 BEGIN_MARKER = "<!-- cpu-budget:begin -->"
 END_MARKER = "<!-- cpu-budget:end -->"
