@@ -9,11 +9,17 @@ decoder all turn an upload into the same *canonical image*, the way the shared d
 3. the longest side scaled down to at most ``DATASET_MAX_SIDE`` (384) pixels with Lanczos, as the
    data set's images were (the data set's own files are already that size: step 3 leaves them as
    they are);
-4. the centred ``IMAGE_SIZE`` x ``IMAGE_SIZE`` window at that resolution, no further resampling
-   (steps 3 and 4 computed together where they can be: only the window's pixels are scaled); a
+4. saved as JPEG quality 90 and decoded again (Pillow's defaults, 4:2:0 chroma), as every image of
+   the data set was saved: the model never saw an image without that compression, and an upload
+   without it scores differently (mean |logit change| 0.47 on the uploads that are originals of
+   data set images; with this step their canonical images equal the data set's, docs/model-report.md).
+   A file that is already in the data set's form (``in_dataset_form``: a JPEG with the quality-90
+   tables, 4:2:0, longest side <= 384, nothing to rotate), every data set image among them, is not
+   compressed a second time;
+5. the centred ``IMAGE_SIZE`` x ``IMAGE_SIZE`` window at that resolution, no further resampling; a
    side shorter than ``IMAGE_SIZE`` is filled by mirroring the image at its edge.
 
-Step 4 gives every image one fixed shape, so TF Serving can batch requests, without a second
+Step 5 gives every image one fixed shape, so TF Serving can batch requests, without a second
 resize that would blur the pixel statistics a detector of generated images relies on, and without
 the aspect ratio (a label leak, says the data README). What the network needs beyond the canonical
 image (crops, flips, scaling to its input range) lives in the exported graph.
@@ -21,6 +27,7 @@ image (crops, flips, scaling to its input range) lives in the exported graph.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import warnings
@@ -28,13 +35,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 IMAGE_SIZE = 256  # side of the canonical image the gateway sends and the model receives
 DATASET_MAX_SIDE = 384  # the shared data set's normalization: longest side scaled down to this
 # JPEG DCT scaling decodes at 1/2, 1/4 or 1/8 size for a fraction of the cost; it is used only
 # while the decoded image keeps this many times the pixels per side that the Lanczos step needs.
 DRAFT_MARGIN = 3
+# The data set saved every image as JPEG with this quality (Pillow's defaults otherwise: 4:2:0 chroma).
+DATASET_JPEG_QUALITY = 90
+EXIF_ORIENTATION = 0x0112
 DEFAULT_MAX_PIXELS = 50_000_000  # ~7000x7000; larger images are refused before full decoding
 
 # The formats we accept, keyed by Pillow's format name.
@@ -276,28 +286,54 @@ def window_start(extent: int, size: int = IMAGE_SIZE) -> int:
     return (extent - size) // 2
 
 
-def resize_to_model_input(image: Image.Image, size: int = IMAGE_SIZE) -> np.ndarray:
-    """Steps 3-4 of the canonical normalization: uint8 [size, size, 3] from a decoded RGB image.
+def resize_to_model_input(image: Image.Image, size: int = IMAGE_SIZE, *, recompress: bool) -> np.ndarray:
+    """Steps 3-5 of the canonical normalization: uint8 [size, size, 3] from a decoded RGB image.
 
-    When the image is scaled down and both scaled sides are at least `size`, only the window is
-    computed: Pillow's resize `box` is the window's extent in the original, so each window pixel
-    gets the same Lanczos taps as in the whole scaled image (floating-point rounding in another
-    order moves 0.02% of the values of the 41 real uploads, by at most two levels), at 0.72 of the
-    CPU (docs/performance.md). The data set's own images (longest side <= 384) are not scaled.
+    `recompress` is step 4, the data set's JPEG quality-90 save: False only for an image already in
+    the data set's form (`in_dataset_form` of its file), or for training's perturbations of data
+    set images, which were measured without it (training/features.py).
     """
     if image.mode != "RGB":
         raise ValueError(f"expected an RGB image, got mode {image.mode}")
-    width, height = image.size
-    scaled_width, scaled_height = dataset_size(width, height)
-    if (scaled_width, scaled_height) == (width, height) or min(scaled_width, scaled_height) < size:
-        return centre_window(np.asarray(normalize_like_dataset(image), dtype=np.uint8), size)
-    scale_x, scale_y = width / scaled_width, height / scaled_height
-    left, top = window_start(scaled_width, size), window_start(scaled_height, size)
-    box = (left * scale_x, top * scale_y, (left + size) * scale_x, (top + size) * scale_y)
-    window = image.resize((size, size), resample=Image.Resampling.LANCZOS, box=box, reducing_gap=REDUCING_GAP)
-    return np.asarray(window, dtype=np.uint8)
+    scaled = normalize_like_dataset(image)
+    if recompress:
+        scaled = jpeg_round_trip(scaled)
+    return centre_window(np.asarray(scaled, dtype=np.uint8), size)
+
+
+def jpeg_round_trip(image: Image.Image, quality: int = DATASET_JPEG_QUALITY) -> Image.Image:
+    """`image` saved as JPEG (Pillow's defaults: 4:2:0 chroma, baseline) and decoded again, as the
+    data set saved its images; TensorFlow's encoder gives the same pixels (export/graph.py)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    buffer.seek(0)
+    with Image.open(buffer, formats=["JPEG"]) as reopened:
+        return reopened.convert("RGB")
+
+
+@functools.cache
+def dataset_quantization() -> dict[int, list[int]]:
+    """The quantization tables Pillow writes at DATASET_JPEG_QUALITY (what every data set file holds)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="JPEG", quality=DATASET_JPEG_QUALITY)
+    with Image.open(buffer) as image:
+        return {index: list(table) for index, table in image.quantization.items()}  # type: ignore[attr-defined]
+
+
+def in_dataset_form(header: Image.Image) -> bool:
+    """Whether an opened file (`open_header`) is already what the data set's normalization writes:
+    an RGB JPEG with the quality-90 tables and 4:2:0 chroma, longest side <= DATASET_MAX_SIDE, no
+    EXIF rotation. Such a file skips step 4: saving it again would compress it twice."""
+    if header.format != "JPEG" or header.mode != "RGB" or max(header.size) > DATASET_MAX_SIDE:
+        return False
+    tables = {index: list(table) for index, table in header.quantization.items()}  # type: ignore[attr-defined]
+    if tables != dataset_quantization() or JpegImagePlugin.get_sampling(header) != 2:
+        return False
+    return header.getexif().get(EXIF_ORIENTATION, 1) == 1
 
 
 def decode_and_resize(image_bytes: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Encoded image bytes -> the canonical uint8 [256, 256, 3] RGB image. The one shared entry point."""
-    return resize_to_model_input(open_image(image_bytes, max_pixels=max_pixels))
+    header = open_header(image_bytes, max_pixels)
+    recompress = not in_dataset_form(header)
+    return resize_to_model_input(load_rgb(header), recompress=recompress)

@@ -24,7 +24,7 @@ from typing import Any
 import tensorflow as tf
 
 from common import signatures
-from common.preprocessing import DATASET_MAX_SIDE, DEFAULT_MAX_PIXELS, IMAGE_SIZE
+from common.preprocessing import DATASET_JPEG_QUALITY, DATASET_MAX_SIDE, DEFAULT_MAX_PIXELS, IMAGE_SIZE
 
 Network = Callable[[tf.Tensor], tf.Tensor]
 
@@ -162,19 +162,55 @@ def decode_image_bytes(image_bytes: tf.Tensor, max_pixels: int = DEFAULT_MAX_PIX
         pixels = tf.cond(
             tf.io.is_jpeg(image_bytes),
             # Pillow decodes JPEG with the accurate integer DCT; TensorFlow's default is the fast one.
-            lambda: tf.cast(
-                tf.io.decode_jpeg(image_bytes, channels=3, dct_method="INTEGER_ACCURATE"), tf.float32
-            ),
+            lambda: tf.cast(_decode_jpeg(image_bytes), tf.float32),
             lambda: _to_rgb(tf.io.decode_image(image_bytes, channels=0, expand_animations=False)),
         )
-    return canonical_window(pixels)
+    return canonical_window(pixels, jpeg_in_dataset_form(image_bytes))
 
 
-def canonical_window(pixels: tf.Tensor) -> tf.Tensor:
+def _decode_jpeg(image_bytes: tf.Tensor) -> tf.Tensor:
+    return tf.io.decode_jpeg(image_bytes, channels=3, dct_method="INTEGER_ACCURATE")
+
+
+def _dataset_jpeg_markers() -> tuple[bytes, bytes]:
+    """(quantization segments, colour components of the frame header) that Pillow writes at the data
+    set's quality: the byte runs every data set file holds."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="JPEG", quality=DATASET_JPEG_QUALITY)
+    data, position, quantization, components = buffer.getvalue(), 2, b"", b""
+    while data[position] == 0xFF and data[position + 1] != 0xDA:  # segments up to the scan
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
+        segment = data[position : position + 2 + length]
+        if segment[1] == 0xDB:
+            quantization += segment
+        elif segment[1] == 0xC0:
+            components = segment[-10:]  # 3 components: Y 2x2, Cb 1x1, Cr 1x1 (4:2:0)
+        position += 2 + length
+    return quantization, components
+
+
+def jpeg_in_dataset_form(image_bytes: tf.Tensor) -> tf.Tensor:
+    """As common.preprocessing.in_dataset_form (the size is checked in canonical_window): a JPEG
+    holding the data set's quality-90 tables and 4:2:0 frame, by their bytes. EXIF orientation is
+    not read here, as the graph does not apply it."""
+
+    def holds(marker: bytes) -> tf.Tensor:
+        return tf.size(tf.strings.split(image_bytes, sep=marker)) > 1
+
+    quantization, components = _dataset_jpeg_markers()
+    return tf.logical_and(tf.io.is_jpeg(image_bytes), tf.logical_and(holds(quantization), holds(components)))
+
+
+def canonical_window(pixels: tf.Tensor, in_dataset_form: tf.Tensor) -> tf.Tensor:
     """float32 RGB [H, W, 3] -> uint8 canonical image, as common.preprocessing.resize_to_model_input.
 
-    Longest side scaled down to DATASET_MAX_SIDE (Lanczos-3, antialiased), then the centred window,
-    short sides mirrored at the edges.
+    Longest side scaled down to DATASET_MAX_SIDE (Lanczos-3, antialiased), saved as JPEG quality 90
+    and decoded again unless the file was already in the data set's form (TensorFlow's encoder and
+    Pillow's give the same pixels), then the centred window, short sides mirrored at the edges.
     """
     height, width = tf.shape(pixels)[0], tf.shape(pixels)[1]
     longest = tf.maximum(height, width)
@@ -188,6 +224,13 @@ def canonical_window(pixels: tf.Tensor) -> tf.Tensor:
         lambda: pixels,
     )
     pixels = tf.cast(tf.clip_by_value(tf.round(pixels), 0.0, _WHITE), tf.uint8)
+    pixels = tf.cond(
+        tf.logical_and(in_dataset_form, longest <= DATASET_MAX_SIDE),
+        lambda: pixels,
+        lambda: _decode_jpeg(
+            tf.io.encode_jpeg(pixels, quality=DATASET_JPEG_QUALITY, chroma_downsampling=True)
+        ),
+    )
 
     def too_small(image: tf.Tensor) -> tf.Tensor:
         return tf.reduce_any(tf.shape(image)[:2] < IMAGE_SIZE)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from common import signatures
-from common.preprocessing import DATASET_MAX_SIDE, DEFAULT_MAX_PIXELS, IMAGE_SIZE
+from common.preprocessing import DATASET_JPEG_QUALITY, DATASET_MAX_SIDE, DEFAULT_MAX_PIXELS, IMAGE_SIZE
 from training.run_folder import TrainingRun
 
 MARKDOWN_FILE = "model_card.md"
@@ -152,14 +152,17 @@ def build_model_card(
             signatures.SERVING_SIGNATURE: (
                 f"uint8 RGB [N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3], the canonical image of "
                 "common.preprocessing.decode_and_resize (EXIF orientation, RGB with alpha over white, longest"
-                f" side scaled down to {DATASET_MAX_SIDE} with Lanczos as the data set was, the centred "
+                f" side scaled down to {DATASET_MAX_SIDE} with Lanczos and saved as JPEG quality "
+                f"{DATASET_JPEG_QUALITY} as the data set was (not again for a file already in that form), "
+                "the centred "
                 f"{IMAGE_SIZE}x{IMAGE_SIZE} window with mirrored edges); casting, crops or flips and the "
                 "backbone's normalization happen inside the graph"
             ),
             signatures.BYTES_SIGNATURE: (
                 "encoded image files (JPEG, PNG, GIF first frame, BMP; WebP decodes too), normalized inside "
-                "the graph the same way: mean difference <= 0.3 grey levels per pixel from the shared "
-                "preprocessing, <= 2% of values more than 2 levels apart (Lanczos implementations differ); "
+                "the graph the same way: mean difference <= 2.5 grey levels per pixel from the shared "
+                "preprocessing, <= 40% of values more than 2 levels apart (Lanczos implementations differ "
+                "and the JPEG step turns their differences into block-wise ones); "
                 f"EXIF orientation is not applied; images over {DEFAULT_MAX_PIXELS:,} pixels are refused"
             ),
             "outputs": OUTPUT_MEANINGS,

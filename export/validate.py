@@ -30,12 +30,13 @@ from export.errors import ValidationFailedError
 from export.reference import ReferenceSet
 
 FRESH_PROCESS_TIMEOUT_SECONDS = 1800
-# The bytes signature decodes in the graph: at most 1 grey level per pixel away from the shared
-# preprocessing (measured on ../shared/data/uploads, see tests/export/test_bytes_parity.py).
-# What that does to the probability on the validation images of the trained EfficientNet-Lite0
-# run was at most ~0.005 (docs/export.md); the gate allows this much on top of the variant's own
-# tolerance.
-DECODE_PROBABILITY_TOLERANCE = 0.02
+# The bytes signature decodes in the graph: a worst mean of 2.1 grey levels per pixel away from
+# the shared preprocessing on ../shared/data/uploads (tests/export/test_bytes_parity.py; the JPEG
+# quality-90 step turns the two Lanczos filters' sub-level differences into block-wise ones).
+# What that does to the probability: at most 0.041 for version 3 on the uploads, 0.024 for the
+# tests' small model (docs/export.md); the gate allows this much on top of the variant's own
+# tolerance. Files that are not resized (the gate's validation files) decode identically.
+DECODE_PROBABILITY_TOLERANCE = 0.05
 
 app = typer.Typer(add_completion=False, help=__doc__)
 

@@ -27,7 +27,13 @@ from python_multipart import MultipartParser
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import parse_options_header
 
-from common.preprocessing import decode_cost_bytes, load_rgb, open_header, resize_to_model_input
+from common.preprocessing import (
+    decode_cost_bytes,
+    in_dataset_form,
+    load_rgb,
+    open_header,
+    resize_to_model_input,
+)
 from gateway.errors import (
     BadRequestError,
     MissingFileError,
@@ -238,9 +244,10 @@ def finish_decode(header: Image.Image, started: float, image_bytes: bytes | None
     """The rest of common.preprocessing.decode_and_resize after `open_header`, in two timed halves
     (same functions, same result: tests/gateway/test_uploads.py); then, given the original bytes,
     their provenance (from the metadata Pillow parsed on the way)."""
+    recompress = not in_dataset_form(header)
     image = load_rgb(header)
     decoded = time.perf_counter()
-    pixels = resize_to_model_input(image)
+    pixels = resize_to_model_input(image, recompress=recompress)
     resized = time.perf_counter()
     findings = read_provenance(image_bytes, header) if image_bytes is not None else None
     return DecodedImage(

@@ -23,7 +23,7 @@ from scipy.optimize import minimize_scalar
 from sklearn import metrics as sk_metrics
 
 from common import signatures
-from common.preprocessing import open_image, resize_to_model_input
+from common.preprocessing import decode_and_resize, open_image, resize_to_model_input
 from training import selective
 from training.data import (
     LABEL_NAMES,
@@ -78,10 +78,10 @@ def load_images(examples: Sequence[Example], perturbation: Perturbation | None =
     """uint8 canonical images through the shared preprocessing, optionally perturbing the decoded original."""
 
     def one(example: Example) -> np.ndarray:
-        image = open_image(example.path.read_bytes())
-        if perturbation is not None:
-            image = perturbation(image)
-        return resize_to_model_input(image)
+        if perturbation is None:
+            return decode_and_resize(example.path.read_bytes())
+        # A perturbed data set image, not compressed again: how the robustness figures were measured.
+        return resize_to_model_input(perturbation(open_image(example.path.read_bytes())), recompress=False)
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         return np.stack(list(pool.map(one, examples)))

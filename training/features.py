@@ -94,7 +94,14 @@ def legacy_square_224(image: Image.Image) -> np.ndarray:
 
 
 def view_pixels(example: Example, view: str) -> np.ndarray:
-    """uint8 pixels of one example in one view (the canonical image, perturbed as the view says)."""
+    """uint8 pixels of one example in one view (the canonical image, perturbed as the view says).
+
+    The perturbed views are not compressed again after the perturbation (step 4 of the canonical
+    normalization): they were measured and the shipped model trained that way.
+    """
+    if view in ("clean", "flip"):
+        pixels = preprocessing.decode_and_resize(example.path.read_bytes())
+        return np.ascontiguousarray(pixels[:, ::-1]) if view == "flip" else pixels
     image = preprocessing.open_image(example.path.read_bytes())
     if view == "legacy224":
         return legacy_square_224(image)
@@ -106,10 +113,9 @@ def view_pixels(example: Example, view: str) -> np.ndarray:
         image = evaluate.downscale(float(rng.uniform(0.5, 0.9)))(image)
     elif view == "blur":
         image = evaluate.blur(float(rng.uniform(0.3, 1.5)))(image)
-    elif view not in ("clean", "flip"):
+    else:
         raise ValueError(f"unknown view {view!r}; known: {VIEWS}")
-    pixels = preprocessing.resize_to_model_input(image)
-    return np.ascontiguousarray(pixels[:, ::-1]) if view == "flip" else pixels
+    return preprocessing.resize_to_model_input(image, recompress=False)
 
 
 def build_extractor(backbone: str) -> object:

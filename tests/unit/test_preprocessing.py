@@ -51,43 +51,100 @@ def test_same_bytes_give_bit_identical_tensors() -> None:
     assert np.array_equal(decode_and_resize(data), decode_and_resize(data))
 
 
+def jpeg_q90(image: Image.Image) -> np.ndarray:
+    """The data set's save, written out here (not through common.preprocessing): JPEG quality 90."""
+    return np.asarray(Image.open(io.BytesIO(encode(image, "JPEG", quality=90))).convert("RGB"))
+
+
 def test_images_at_the_data_sets_size_are_not_resampled() -> None:
-    # Longest side <= 384 (every image of the shared data set): the canonical image is the centred
-    # 256x256 window of the very pixels, no filter touches them.
+    # Longest side <= 384: no filter touches the pixels; they are saved as the data set saved its
+    # images (JPEG quality 90) and the canonical image is the centred 256x256 window of that.
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (300, 380, 3), dtype=np.uint8)
     array = decode_and_resize(encode(Image.fromarray(pixels), "PNG"))
-    assert np.array_equal(array, pixels[22:278, 62:318])
+    assert np.array_equal(array, jpeg_q90(Image.fromarray(pixels))[22:278, 62:318])
+    assert not np.array_equal(array, pixels[22:278, 62:318])  # the compression is there
+
+
+def test_a_file_in_the_data_sets_form_is_not_compressed_twice() -> None:
+    rng = np.random.default_rng(2)
+    picture = Image.fromarray(rng.integers(0, 256, (300, 380, 3), dtype=np.uint8))
+    as_in_the_data_set = encode(picture, "JPEG", quality=90)
+    decoded = np.asarray(Image.open(io.BytesIO(as_in_the_data_set)))
+    assert preprocessing.in_dataset_form(preprocessing.open_header(as_in_the_data_set))
+    assert np.array_equal(decode_and_resize(as_in_the_data_set), decoded[22:278, 62:318])
+    # Another quality, 4:4:4 chroma, or a larger image is not in that form: saved at quality 90.
+    for other in (
+        encode(picture, "JPEG", quality=95),
+        encode(picture, "JPEG", quality=90, subsampling=0),
+        encode(picture.resize((500, 400)), "JPEG", quality=90),
+    ):
+        assert not preprocessing.in_dataset_form(preprocessing.open_header(other))
+    higher = encode(picture, "JPEG", quality=95)
+    expected = jpeg_q90(Image.open(io.BytesIO(higher)).convert("RGB"))[22:278, 62:318]
+    assert np.array_equal(decode_and_resize(higher), expected)
 
 
 def test_larger_images_are_scaled_like_the_data_set_then_windowed() -> None:
     rng = np.random.default_rng(1)
     image = Image.fromarray(rng.integers(0, 256, (800, 1000, 3), dtype=np.uint8))
     assert preprocessing.dataset_size(1000, 800) == (384, 307)
-    expected = np.asarray(image.resize((384, 307), Image.Resampling.LANCZOS))[25:281, 64:320].astype(int)
-    # Only the window is scaled (Pillow's resize box): the same taps, rounded in another order.
-    difference = np.abs(decode_and_resize(encode(image, "PNG")).astype(int) - expected)
-    assert difference.max() <= 1
-    assert np.count_nonzero(difference) <= 0.001 * difference.size
+    expected = jpeg_q90(image.resize((384, 307), Image.Resampling.LANCZOS))[25:281, 64:320]
+    assert np.array_equal(decode_and_resize(encode(image, "PNG")), expected)
+
+
+def test_uploads_become_the_data_sets_own_images(uploads_dir: Path, ai_vs_real_dir: Path) -> None:
+    """The 41 uploads include originals of data set images (found by difference hash): the canonical
+    image of the original equals that of the data set's file, as the model saw it in training."""
+    from training.data import difference_hash, load_examples
+
+    examples = load_examples(ai_vs_real_dir)
+    hashes = np.asarray([difference_hash(example.path) for example in examples], dtype=np.uint64)
+    pairs = []
+    for path in sorted(uploads_dir.iterdir()):
+        if path.suffix.lower() == ".csv":
+            continue
+        bits = np.unpackbits((hashes ^ np.uint64(difference_hash(path))).view(np.uint8)).reshape(
+            len(hashes), 64
+        )
+        nearest = int(bits.sum(axis=1).argmin())
+        if bits[nearest].sum() <= 4:
+            pairs.append((path, examples[nearest].path))
+    assert len(pairs) >= 30
+    same = [
+        np.array_equal(decode_and_resize(a.read_bytes()), decode_and_resize(b.read_bytes())) for a, b in pairs
+    ]
+    print(f"{sum(same)} of {len(pairs)} uploads give their data set image's canonical image exactly")
+    assert sum(same) >= 0.8 * len(pairs)
 
 
 def test_short_sides_are_mirrored_not_stretched() -> None:
     # A 40 x 300 strip keeps its pixels in the middle; the rest of the window mirrors them.
     strip = np.tile(np.arange(40, dtype=np.uint8)[np.newaxis, :, np.newaxis], (300, 1, 3)) * 5
-    array = decode_and_resize(encode(Image.fromarray(strip), "PNG"))
+    array = preprocessing.centre_window(strip)
     row = array[128, :, 0].astype(int)
     assert np.array_equal(row[108:148], strip[0, :, 0])  # the strip itself, centred
     assert np.array_equal(row[107::-1][:20], strip[0, :20, 0])  # mirrored at its left edge
     assert set(row.tolist()) == set(strip[0, :, 0].tolist())  # copies of its pixels, no interpolation
     assert np.array_equal(array[:, :, 0], np.tile(row, (256, 1)))
+    # Through the whole normalization: the window of the strip as the data set would save it.
+    saved = jpeg_q90(Image.fromarray(strip))
+    assert np.array_equal(
+        decode_and_resize(encode(Image.fromarray(strip), "PNG")), preprocessing.centre_window(saved)
+    )
 
 
 def test_jpeg_dct_scaling_stays_within_two_levels_of_a_full_decode() -> None:
     # A 3000 px JPEG decodes at half size (still >= 3 x 384 per side): nearly the same pixels, cheaper.
     image = gradient(3000, 2000).filter(ImageFilter.GaussianBlur(4))
     content = encode(image, "JPEG", quality=90)
-    drafted = decode_and_resize(content).astype(int)
-    full = preprocessing.resize_to_model_input(Image.open(io.BytesIO(content)).convert("RGB")).astype(int)
+    # Compared before the JPEG quality-90 step, which can turn a one-level difference into a few.
+    drafted = preprocessing.resize_to_model_input(preprocessing.open_image(content), recompress=False)
+    full = preprocessing.resize_to_model_input(
+        Image.open(io.BytesIO(content)).convert("RGB"), recompress=False
+    )
+    assert not np.array_equal(drafted, full)  # the draft did decode at a reduced scale
+    drafted, full = drafted.astype(int), full.astype(int)
     assert np.abs(drafted - full).max() <= 2
 
 
@@ -169,7 +226,7 @@ from common.preprocessing import decode_cost_bytes, load_rgb, open_header, resiz
 data = open(sys.argv[1], "rb").read()
 header = open_header(data)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-pixels = resize_to_model_input(load_rgb(header))
+pixels = resize_to_model_input(load_rgb(header), recompress=True)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(peak - before, decode_cost_bytes(header), pixels.shape)
 """
