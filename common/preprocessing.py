@@ -332,6 +332,17 @@ def in_dataset_form(header: Image.Image) -> bool:
     return header.getexif().get(EXIF_ORIENTATION, 1) == 1
 
 
+def dataset_form_file(image_bytes: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
+    """The file as the data set stores its images (steps 1-4: a JPEG quality 90 at most 384 px):
+    `decode_and_resize` gives the same canonical image for it as for `image_bytes`, decoding less."""
+    header = open_header(image_bytes, max_pixels)
+    if in_dataset_form(header):
+        return image_bytes
+    buffer = io.BytesIO()
+    normalize_like_dataset(load_rgb(header)).save(buffer, format="JPEG", quality=DATASET_JPEG_QUALITY)
+    return buffer.getvalue()
+
+
 def decode_and_resize(image_bytes: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Encoded image bytes -> the canonical uint8 [256, 256, 3] RGB image. The one shared entry point."""
     header = open_header(image_bytes, max_pixels)

@@ -33,8 +33,8 @@ FRESH_PROCESS_TIMEOUT_SECONDS = 1800
 # The bytes signature decodes in the graph: a worst mean of 2.1 grey levels per pixel away from
 # the shared preprocessing on ../shared/data/uploads (tests/export/test_bytes_parity.py; the JPEG
 # quality-90 step turns the two Lanczos filters' sub-level differences into block-wise ones).
-# What that does to the probability: at most 0.041 for version 3 on the uploads, 0.024 for the
-# tests' small model (docs/export.md); the gate allows this much on top of the variant's own
+# What that does to the probability: at most 0.041 / 0.047 for versions 3 / 4 on the uploads,
+# 0.024 for the tests' small model (docs/export.md); the gate allows this much on top of the variant's own
 # tolerance. Files that are not resized (the gate's validation files) decode identically.
 DECODE_PROBABILITY_TOLERANCE = 0.05
 

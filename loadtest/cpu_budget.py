@@ -13,7 +13,8 @@ Each repeat measures, in this order:
 
 1. the raw model in process (`loadtest/raw_model.py`, which reports CPU time per image),
 2. the stack on the real uploads, one image per request,
-3. the stack on the same images pre-resized to canonical 256x256 PNG (decoding almost free): what the
+3. the stack on the same images as the data set stores them (<= 384 px JPEG quality 90: little to
+   decode, nothing to scale or compress again; before 2026-12-02, canonical 256x256 PNG): what the
    serving path costs when the upload's decode is taken out.
 
 Retired in issue 15, their measured numbers kept in docs/performance.md: the one-core-each
@@ -27,7 +28,6 @@ of docs/performance.md.
 from __future__ import annotations
 
 import datetime
-import io
 import json
 import os
 import shutil
@@ -37,10 +37,9 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from PIL import Image
 
 from common.machine import machine_description
-from common.preprocessing import decode_and_resize
+from common.preprocessing import dataset_form_file
 from common.repository import DEFAULT_BATCHING_FILE, code_version
 from loadtest import generator, stages
 from loadtest.benchmark_models import BenchmarkModel
@@ -83,17 +82,15 @@ def cpu_readings(stack: LocalStack) -> dict[str, float]:
 
 
 def resized_uploads(samples: list[UploadSample]) -> list[MultipartUpload]:
-    """The same images as canonical 256x256 PNG files: the model input itself, losslessly encoded."""
+    """The same images as the data set stores them (JPEG quality 90, at most 384 px): the same
+    canonical image, with little left to decode and nothing to scale or compress again."""
     uploads = []
     for sample in samples:
-        pixels = decode_and_resize(sample.data)
-        buffer = io.BytesIO()
-        Image.fromarray(pixels).save(buffer, format="PNG")
         resized = UploadSample(
-            filename=Path(sample.filename).stem + "-canonical.png",
+            filename=Path(sample.filename).stem + "-dataset-form.jpg",
             label=sample.label,
-            data=buffer.getvalue(),
-            content_type="image/png",
+            data=dataset_form_file(sample.data),
+            content_type="image/jpeg",
         )
         uploads.append(multipart_upload(resized))
     return uploads
@@ -199,7 +196,7 @@ def measure_once(
     try:
         for name, uploads in (
             ("real uploads", real_uploads),
-            ("the same images pre-resized to canonical 256x256 PNG", resized_uploads(samples)),
+            ("the same images in the data set's form (<= 384 px JPEG q90)", resized_uploads(samples)),
         ):
             step = budget_step(stack, uploads, name, concurrency, seconds)
             report(step)
