@@ -97,7 +97,17 @@ def test_every_encoding_decodes_and_a_flat_colour_stays_flat(
     pixels = decode_and_resize(data)  # an undamaged image must decode
     assert pixels.shape == (IMAGE_SIZE, IMAGE_SIZE, 3) and pixels.dtype == np.uint8
     if colour is not None and image_format in LOSSLESS_RGB_FORMATS:
-        assert np.all(pixels == np.array(colour, dtype=np.uint8)), (image_format, mode, colour)
+        # Flat after the data set's JPEG quality-90 save too: every block is the same, so the colour
+        # becomes what that save makes of it (YCbCr rounding and quantization), the same everywhere.
+        assert np.all(pixels == flat_after_quality_90(colour)), (image_format, mode, colour)
+
+
+def flat_after_quality_90(colour: tuple[int, int, int]) -> np.ndarray:
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), colour).save(buffer, format="JPEG", quality=90)
+    saved = np.asarray(Image.open(buffer).convert("RGB"))
+    assert np.all(saved == saved[0, 0]) and np.abs(saved[0, 0].astype(int) - colour).max() <= 3
+    return saved[0, 0]
 
 
 @property_settings(300, SCALE)
