@@ -301,22 +301,24 @@ def resize_to_model_input(image: Image.Image, size: int = IMAGE_SIZE, *, recompr
     return centre_window(np.asarray(scaled, dtype=np.uint8), size)
 
 
-def jpeg_round_trip(image: Image.Image, quality: int = DATASET_JPEG_QUALITY) -> Image.Image:
-    """`image` saved as JPEG (Pillow's defaults: 4:2:0 chroma, baseline) and decoded again, as the
-    data set saved its images; TensorFlow's encoder gives the same pixels (export/graph.py)."""
+def save_like_dataset(image: Image.Image) -> bytes:
+    """`image` as the data set saved its images: JPEG quality 90, Pillow's defaults (4:2:0 chroma,
+    baseline); TensorFlow's encoder gives the same pixels (export/graph.py)."""
     buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=quality)
-    buffer.seek(0)
-    with Image.open(buffer, formats=["JPEG"]) as reopened:
+    image.save(buffer, format="JPEG", quality=DATASET_JPEG_QUALITY)
+    return buffer.getvalue()
+
+
+def jpeg_round_trip(image: Image.Image) -> Image.Image:
+    """Step 4: `image` saved as the data set saved its images, and decoded again."""
+    with Image.open(io.BytesIO(save_like_dataset(image)), formats=["JPEG"]) as reopened:
         return reopened.convert("RGB")
 
 
 @functools.cache
 def dataset_quantization() -> dict[int, list[int]]:
-    """The quantization tables Pillow writes at DATASET_JPEG_QUALITY (what every data set file holds)."""
-    buffer = io.BytesIO()
-    Image.new("RGB", (8, 8)).save(buffer, format="JPEG", quality=DATASET_JPEG_QUALITY)
-    with Image.open(buffer) as image:
+    """The quantization tables of `save_like_dataset` (what every data set file holds)."""
+    with Image.open(io.BytesIO(save_like_dataset(Image.new("RGB", (8, 8))))) as image:
         return {index: list(table) for index, table in image.quantization.items()}  # type: ignore[attr-defined]
 
 
@@ -338,9 +340,7 @@ def dataset_form_file(image_bytes: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) 
     header = open_header(image_bytes, max_pixels)
     if in_dataset_form(header):
         return image_bytes
-    buffer = io.BytesIO()
-    normalize_like_dataset(load_rgb(header)).save(buffer, format="JPEG", quality=DATASET_JPEG_QUALITY)
-    return buffer.getvalue()
+    return save_like_dataset(normalize_like_dataset(load_rgb(header)))
 
 
 def decode_and_resize(image_bytes: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

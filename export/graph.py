@@ -24,7 +24,13 @@ from typing import Any
 import tensorflow as tf
 
 from common import signatures
-from common.preprocessing import DATASET_JPEG_QUALITY, DATASET_MAX_SIDE, DEFAULT_MAX_PIXELS, IMAGE_SIZE
+from common.preprocessing import (
+    DATASET_JPEG_QUALITY,
+    DATASET_MAX_SIDE,
+    DEFAULT_MAX_PIXELS,
+    IMAGE_SIZE,
+    save_like_dataset,
+)
 
 Network = Callable[[tf.Tensor], tf.Tensor]
 
@@ -175,13 +181,9 @@ def _decode_jpeg(image_bytes: tf.Tensor) -> tf.Tensor:
 def _dataset_jpeg_markers() -> tuple[bytes, bytes]:
     """(quantization segments, colour components of the frame header) that Pillow writes at the data
     set's quality: the byte runs every data set file holds."""
-    import io
-
     from PIL import Image
 
-    buffer = io.BytesIO()
-    Image.new("RGB", (8, 8)).save(buffer, format="JPEG", quality=DATASET_JPEG_QUALITY)
-    data, position, quantization, components = buffer.getvalue(), 2, b"", b""
+    data, position, quantization, components = save_like_dataset(Image.new("RGB", (8, 8))), 2, b"", b""
     while data[position] == 0xFF and data[position + 1] != 0xDA:  # segments up to the scan
         length = int.from_bytes(data[position + 2 : position + 4], "big")
         segment = data[position : position + 2 + length]
