@@ -277,13 +277,9 @@ def centre_window(pixels: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
         before = [extent // 2 for extent in missing]
         padding = [(before[0], missing[0] - before[0]), (before[1], missing[1] - before[1]), (0, 0)]
         pixels = np.pad(pixels, padding, mode="symmetric")
-    top, left = window_start(pixels.shape[0], size), window_start(pixels.shape[1], size)
+    height, width = pixels.shape[:2]
+    top, left = (height - size) // 2, (width - size) // 2
     return np.ascontiguousarray(pixels[top : top + size, left : left + size])
-
-
-def window_start(extent: int, size: int = IMAGE_SIZE) -> int:
-    """Where the centred window of `size` starts along a side of `extent` (>= size) pixels."""
-    return (extent - size) // 2
 
 
 def resize_to_model_input(image: Image.Image, size: int = IMAGE_SIZE, *, recompress: bool) -> np.ndarray:

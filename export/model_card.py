@@ -154,9 +154,8 @@ def build_model_card(
                 "common.preprocessing.decode_and_resize (EXIF orientation, RGB with alpha over white, longest"
                 f" side scaled down to {DATASET_MAX_SIDE} with Lanczos and saved as JPEG quality "
                 f"{DATASET_JPEG_QUALITY} as the data set was (not again for a file already in that form), "
-                "the centred "
-                f"{IMAGE_SIZE}x{IMAGE_SIZE} window with mirrored edges); casting, crops or flips and the "
-                "backbone's normalization happen inside the graph"
+                f"the centred {IMAGE_SIZE}x{IMAGE_SIZE} window with mirrored edges); casting, crops or flips "
+                "and the backbone's normalization happen inside the graph"
             ),
             signatures.BYTES_SIGNATURE: (
                 "encoded image files (JPEG, PNG, GIF first frame, BMP; WebP decodes too), normalized inside "
