@@ -19,6 +19,9 @@ decoder all turn an upload into the same *canonical image*, the way the shared d
 5. the centred ``IMAGE_SIZE`` x ``IMAGE_SIZE`` window at that resolution, no further resampling; a
    side shorter than ``IMAGE_SIZE`` is filled by mirroring the image at its edge.
 
+Steps 3 and 4 are computed only over the JPEG blocks around the window (``resize_to_model_input``):
+the same pixels as the whole image's, up to the rounding of Pillow's box scaling.
+
 Step 5 gives every image one fixed shape, so TF Serving can batch requests, without a second
 resize that would blur the pixel statistics a detector of generated images relies on, and without
 the aspect ratio (a label leak, says the data README). What the network needs beyond the canonical
@@ -291,10 +294,42 @@ def resize_to_model_input(image: Image.Image, size: int = IMAGE_SIZE, *, recompr
     """
     if image.mode != "RGB":
         raise ValueError(f"expected an RGB image, got mode {image.mode}")
-    scaled = normalize_like_dataset(image)
-    if recompress:
-        scaled = jpeg_round_trip(scaled)
-    return centre_window(np.asarray(scaled, dtype=np.uint8), size)
+    width, height = dataset_size(*image.size)
+    if not recompress or width < size or height < size:  # (a mirrored window needs the whole image)
+        scaled = normalize_like_dataset(image)
+        if recompress:
+            scaled = jpeg_round_trip(scaled)
+        return centre_window(np.asarray(scaled, dtype=np.uint8), size)
+    # Steps 3-4 computed only over the window's JPEG region (`jpeg_region`): a JPEG block depends on
+    # nothing outside it, so the window's pixels are those of the whole image's round trip (bit-exact
+    # on 341 images checked), for about 0.8x the work; Pillow's box scaling, computed from another
+    # origin, moves 2 of the 41 uploads by <= 3 levels on < 0.2% of values (docs/performance.md).
+    left, top = (width - size) // 2, (height - size) // 2
+    (x0, x1), (y0, y1) = jpeg_region(width, left, size), jpeg_region(height, top, size)
+    if (width, height) == image.size:
+        region = image.crop((x0, y0, x1, y1))
+    else:
+        x_scale, y_scale = image.size[0] / width, image.size[1] / height
+        box = (x0 * x_scale, y0 * y_scale, x1 * x_scale, y1 * y_scale)
+        region = image.resize(
+            (x1 - x0, y1 - y0), resample=Image.Resampling.LANCZOS, box=box, reducing_gap=REDUCING_GAP
+        )
+    pixels = np.asarray(jpeg_round_trip(region), dtype=np.uint8)
+    return np.ascontiguousarray(pixels[top - y0 : top - y0 + size, left - x0 : left - x0 + size])
+
+
+# JPEG's 4:2:0 minimum coded unit, and how far the decoder's chroma upsampling reaches beyond a pixel.
+JPEG_BLOCK = 16
+CHROMA_REACH = 2
+
+
+def jpeg_region(extent: int, start: int, size: int) -> tuple[int, int]:
+    """[low, high) along one side of a scaled image: whole JPEG blocks around [start, start + size),
+    with room for the chroma upsampling, so that the JPEG round trip of just that region gives the
+    window the same pixels as the round trip of the whole image."""
+    low = max(0, (start - CHROMA_REACH) // JPEG_BLOCK * JPEG_BLOCK)
+    high = -(-(start + size + CHROMA_REACH) // JPEG_BLOCK) * JPEG_BLOCK
+    return low, min(extent, high)
 
 
 def save_like_dataset(image: Image.Image) -> bytes:

@@ -90,7 +90,28 @@ def test_larger_images_are_scaled_like_the_data_set_then_windowed() -> None:
     image = Image.fromarray(rng.integers(0, 256, (800, 1000, 3), dtype=np.uint8))
     assert preprocessing.dataset_size(1000, 800) == (384, 307)
     expected = jpeg_q90(image.resize((384, 307), Image.Resampling.LANCZOS))[25:281, 64:320]
-    assert np.array_equal(decode_and_resize(encode(image, "PNG")), expected)
+    # Only the window's region is scaled (Pillow's box, coefficients from another origin): a few
+    # values of even this worst case (noise) move by a level or three.
+    difference = np.abs(decode_and_resize(encode(image, "PNG")).astype(int) - expected)
+    assert difference.max() <= 3 and np.mean(difference > 0) < 0.005
+
+
+@pytest.mark.parametrize("size", [(256, 256), (257, 300), (300, 380), (384, 271), (383, 384), (290, 333)])
+def test_the_jpeg_step_on_the_windows_region_equals_it_on_the_whole_image(size: tuple[int, int]) -> None:
+    """Step 4 saves only whole JPEG blocks around the window (with room for the decoder's chroma
+    upsampling): the window's pixels are exactly those of the whole image's round trip."""
+    width, height = size
+    rng = np.random.default_rng(width * height)
+    smooth = Image.fromarray(rng.integers(0, 256, (height // 8 + 1, width // 8 + 1, 3), dtype=np.uint8))
+    texture = rng.integers(-20, 21, (height, width, 3))
+    image = Image.fromarray(
+        np.clip(
+            np.asarray(smooth.resize((width, height), Image.Resampling.BICUBIC)) + texture, 0, 255
+        ).astype(np.uint8)
+    )
+    top, left = (height - IMAGE_SIZE) // 2, (width - IMAGE_SIZE) // 2
+    expected = jpeg_q90(image)[top : top + IMAGE_SIZE, left : left + IMAGE_SIZE]
+    assert np.array_equal(preprocessing.resize_to_model_input(image, recompress=True), expected)
 
 
 def test_uploads_become_the_data_sets_own_images(uploads_dir: Path, ai_vs_real_dir: Path) -> None:
@@ -111,11 +132,16 @@ def test_uploads_become_the_data_sets_own_images(uploads_dir: Path, ai_vs_real_d
         if bits[nearest].sum() <= 4:
             pairs.append((path, examples[nearest].path))
     assert len(pairs) >= 30
-    same = [
-        np.array_equal(decode_and_resize(a.read_bytes()), decode_and_resize(b.read_bytes())) for a, b in pairs
+    differences = [
+        np.abs(decode_and_resize(a.read_bytes()).astype(int) - decode_and_resize(b.read_bytes()))
+        for a, b in pairs
     ]
-    print(f"{sum(same)} of {len(pairs)} uploads give their data set image's canonical image exactly")
-    assert sum(same) >= 0.8 * len(pairs)
+    exact = sum(int(difference.max() == 0) for difference in differences)
+    # The same image up to the rounding of the window-only scaling (a few values by <= 3 levels);
+    # without the JPEG step every pair differs in most values (mean 3.47 levels).
+    same = sum(int(difference.max() <= 3 and np.mean(difference > 0) < 0.005) for difference in differences)
+    print(f"{same} of {len(pairs)} uploads give their data set image's canonical image ({exact} exactly)")
+    assert same >= 0.8 * len(pairs) and exact >= 0.75 * len(pairs)
 
 
 def test_short_sides_are_mirrored_not_stretched() -> None:
