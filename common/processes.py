@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -34,11 +35,35 @@ STOP_TIMEOUT_SECONDS = 60.0
 DEFAULT_MONITORING_FILE = SERVING_FOLDER / "monitoring.config"
 
 
+# Where free_port looks first: below the kernel's ephemeral range, which outgoing connections draw
+# from: a port chosen there can be taken by any client socket before the server binds it (a test
+# once failed so: "address already in use" on a port the OS had handed out a second earlier).
+PORT_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LOWEST_PORT = 10_000
+
+
+_handed_out: set[int] = set()  # never the same port twice from one process (callers bind later)
+
+
 def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port nothing listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
+    """A TCP port nothing listens on right now and not handed out before by this process: a random
+    one below the ephemeral range that binds, else one the OS picks."""
+    try:
+        ephemeral_low = int(PORT_RANGE_FILE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = LOWEST_PORT
+    below = range(LOWEST_PORT, ephemeral_low)
+    for port in [*random.sample(below, k=min(20, len(below))), 0, 0, 0]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+            bound = int(probe.getsockname()[1])
+        if bound not in _handed_out:
+            _handed_out.add(bound)
+            return bound
+    raise OSError(f"no free TCP port on {host}")
 
 
 def log_tail(path: Path | None, lines: int = 40) -> str:

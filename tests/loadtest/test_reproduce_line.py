@@ -19,4 +19,10 @@ def test_the_reproduce_line_parses_back_to_the_same_options() -> None:
     assert "=True" not in line and "=False" not in line
     again = command.make_context("systems", shlex.split(line))
     assert again.params == context.params
-    assert {"--no-unbatched", "--no-no-baseline"} <= set(line.split())
+    assert line.split() == [
+        "--repeats=2",
+        "--step-seconds=15.0",
+        "--no-unbatched",
+        "--no-no-baseline",
+        "--models=starter",
+    ]

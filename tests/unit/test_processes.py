@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from common.processes import (
+    LOWEST_PORT,
+    PORT_RANGE_FILE,
     GatewayFlags,
     LaunchError,
     ManagedProcess,
@@ -26,6 +28,16 @@ def test_a_free_port_can_be_bound() -> None:
     port = free_port()
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", port))
+
+
+def test_free_ports_are_distinct_and_outside_the_ephemeral_range() -> None:
+    """Callers bind later: a port from the range outgoing connections draw from could be taken
+    meanwhile by any client socket, and two calls in a row must not give the same port."""
+    ephemeral_low = int(PORT_RANGE_FILE.read_text().split()[0]) if PORT_RANGE_FILE.is_file() else None
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)
+    if ephemeral_low is not None and ephemeral_low > LOWEST_PORT:
+        assert all(LOWEST_PORT <= port < ephemeral_low for port in ports)
 
 
 def test_model_server_command_line_in_tf_serving_flag_names(tmp_path: Path) -> None:
