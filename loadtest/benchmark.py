@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import shlex
 import shutil
 import signal
 import statistics
@@ -116,7 +117,7 @@ def given_options(context: typer.Context) -> str:
         if getattr(parameter, "is_flag", False):  # a flag takes no value: its on or off spelling
             options.append(parameter.opts[0] if value else parameter.secondary_opts[0])
         else:
-            options.append(f"{parameter.opts[0]}={value}")
+            options.append(f"{parameter.opts[0]}={shlex.quote(str(value))}")
     return " ".join(options)
 
 
