@@ -280,9 +280,13 @@ def centre_window(pixels: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
         before = [extent // 2 for extent in missing]
         padding = [(before[0], missing[0] - before[0]), (before[1], missing[1] - before[1]), (0, 0)]
         pixels = np.pad(pixels, padding, mode="symmetric")
-    height, width = pixels.shape[:2]
-    top, left = (height - size) // 2, (width - size) // 2
+    top, left = window_start(pixels.shape[0], size), window_start(pixels.shape[1], size)
     return np.ascontiguousarray(pixels[top : top + size, left : left + size])
+
+
+def window_start(extent: int, size: int = IMAGE_SIZE) -> int:
+    """Where the centred window of `size` starts along a side of `extent` (>= size) pixels."""
+    return (extent - size) // 2
 
 
 def resize_to_model_input(image: Image.Image, size: int = IMAGE_SIZE, *, recompress: bool) -> np.ndarray:
@@ -304,7 +308,7 @@ def resize_to_model_input(image: Image.Image, size: int = IMAGE_SIZE, *, recompr
     # nothing outside it, so the window's pixels are those of the whole image's round trip (bit-exact
     # on 341 images checked), for about 0.8x the work; Pillow's box scaling, computed from another
     # origin, moves 2 of the 41 uploads by <= 3 levels on < 0.2% of values (docs/performance.md).
-    left, top = (width - size) // 2, (height - size) // 2
+    left, top = window_start(width, size), window_start(height, size)
     (x0, x1), (y0, y1) = jpeg_region(width, left, size), jpeg_region(height, top, size)
     if (width, height) == image.size:
         region = image.crop((x0, y0, x1, y1))
