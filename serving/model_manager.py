@@ -50,6 +50,7 @@ from serving.errors import (
     UnimplementedError,
 )
 from serving.metrics import ServerMetrics
+from serving.request_checks import require_model_name, validate_inputs, validate_output_filter
 from serving.runtime import (
     RUNTIME_LABEL,
     Runtime,
@@ -58,6 +59,7 @@ from serving.runtime import (
     load_runtime,
     read_signature_defs,
 )
+from serving.server_config import aspired_versions, map_base_path, validate_config
 
 logger = logging.getLogger(__name__)
 
@@ -107,59 +109,6 @@ class VersionStatus:
     error: ServingError | None
 
 
-def parse_prefix_map(text: str) -> list[tuple[str, Path]]:
-    """`/models=./models,/other=/data/other` -> [(prefix, local folder)], longest prefix first."""
-    pairs: list[tuple[str, Path]] = []
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        prefix, separator, local = item.partition("=")
-        if not separator or not prefix or not local:
-            raise ValueError(f"model base path prefix map entry {item!r} is not PREFIX=FOLDER")
-        pairs.append((prefix.rstrip("/") or "/", Path(local).expanduser().resolve()))
-    return sorted(pairs, key=lambda pair: len(pair[0]), reverse=True)
-
-
-FILE_URI = "file://"
-
-
-def map_base_path(base_path: str, prefix_map: Sequence[tuple[str, Path]]) -> Path:
-    """The local folder of a config's base path.
-
-    Without a prefix map, the path as given (TF Serving's behaviour). With one, only paths under
-    a mapped prefix are served, and they must stay inside its folder after `..` and symbolic links
-    are resolved: a config (from a file or HandleReloadConfigRequest) cannot point the server at
-    any other folder, since loading a SavedModel runs its graph."""
-    if base_path.startswith(FILE_URI):  # TF Serving reads file:// URIs from the file system
-        base_path = base_path[len(FILE_URI) :]
-    elif "://" in base_path:
-        raise InvalidArgumentError(
-            f"base path {base_path}: only local paths and file:// URIs are served here"
-        )
-    if not prefix_map:
-        return Path(base_path)
-    for prefix, local in prefix_map:
-        if base_path == prefix or base_path.startswith(prefix.rstrip("/") + "/"):
-            mapped = (local / base_path[len(prefix) :].lstrip("/")).resolve()
-            if mapped == local or mapped.is_relative_to(local):
-                return mapped
-            raise InvalidArgumentError(f"base path {base_path} leaves the folder mapped to {prefix}")
-    roots = ", ".join(prefix for prefix, _ in prefix_map)
-    raise InvalidArgumentError(
-        f"base path {base_path} is outside the mapped roots ({roots}; --model_base_path_prefix_map)"
-    )
-
-
-def aspired_versions(model: model_config.ModelConfig, on_disk: dict[int, Path]) -> set[int]:
-    policy = model.model_version_policy
-    choice = policy.WhichOneof("policy_choice")
-    if choice == "all":
-        return set(on_disk)
-    if choice == "specific":
-        wanted = set(policy.specific.versions)
-        return wanted & set(on_disk)
-    count = policy.latest.num_versions if choice == "latest" and policy.latest.num_versions > 0 else 1
-    return set(sorted(on_disk)[-count:])
-
-
 def read_tfrecords(path: Path) -> Iterator[bytes]:
     """Records of a TFRecord file, read by TensorFlow's own reader (as TF Serving's warmup does):
     lengths and data checked against their CRCs, so a damaged or foreign file is DATA_LOSS."""
@@ -173,35 +122,6 @@ def read_tfrecords(path: Path) -> Iterator[bytes]:
             f"Error reading warmup data from {path}: {error.message}. "
             "Please verify your warmup data is in TFRecord format."
         ) from error
-
-
-def validate_config(config: model_config.ModelServerConfig) -> None:
-    """TF Serving's checks of a ModelServerConfig (ServerCore); an empty config is valid (no models)."""
-    if config.WhichOneof("config") not in ("model_config_list", None):
-        raise InvalidArgumentError(
-            "ServerModelConfig type not supported by HandleReloadConfigRequest. "
-            "Only ModelConfigList is currently supported"
-        )
-    seen: set[str] = set()
-    for entry in config.model_config_list.config:
-        if not entry.name:
-            raise InvalidArgumentError("every model in the config needs a name")
-        if entry.name in seen:
-            raise InvalidArgumentError(f"Illegal to list model {entry.name} multiple times in config list")
-        seen.add(entry.name)
-        if not entry.base_path:
-            raise InvalidArgumentError(f"model {entry.name} has no base_path")
-        if not (entry.base_path.startswith("/") or "://" in entry.base_path):
-            raise InvalidArgumentError(
-                f"Expected model {entry.name} to have an absolute path or URI; "
-                f"got base_path()={entry.base_path}"
-            )
-        if entry.model_type and entry.model_platform:
-            raise InvalidArgumentError("Illegal setting both model_type (deprecated) and model_platform.")
-        if entry.model_platform not in ("", "tensorflow"):
-            raise InvalidArgumentError(
-                f"model {entry.name}: platform {entry.model_platform!r} is not supported (only 'tensorflow')"
-            )
 
 
 class ModelManager:
@@ -755,58 +675,3 @@ class ModelManager:
         """Block until `predicate` (called under the lock) holds or the time runs out."""
         with self._condition:
             return self._condition.wait_for(predicate, timeout_seconds)
-
-
-def require_model_name(model_name: str) -> None:
-    """An empty model name is the request's fault (TF Serving: INVALID_ARGUMENT), not a missing model."""
-    if not model_name:
-        raise InvalidArgumentError("Missing model name in request.")
-
-
-def validate_inputs(spec: SignatureSpec, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """TF Serving's input checks and messages: aliases and dtypes (shapes are the graph's business)."""
-    given, expected = set(inputs), set(spec.inputs)
-    if len(given) != len(expected):
-        raise InvalidArgumentError(
-            f"input size does not match signature: {len(given)}!={len(expected)} "
-            f"len({{{','.join(sorted(given))}}}) != len({{{','.join(sorted(expected))}}}). "
-            f"Sent extra: {{{','.join(sorted(given - expected))}}}. "
-            f"Missing but required: {{{','.join(sorted(expected - given))}}}."
-        )
-    checked: dict[str, np.ndarray] = {}
-    for alias in sorted(inputs):
-        tensor_spec = spec.inputs.get(alias)
-        if tensor_spec is None:
-            raise InvalidArgumentError(
-                f"input tensor alias not found in signature: {alias}. "
-                f"Inputs expected to be in the set {{{','.join(sorted(expected))}}}."
-            )
-        array = inputs[alias]
-        if array.dtype.kind == "S":
-            array = array.astype(object)
-        if array.dtype != tensor_spec.numpy_dtype:
-            raise InvalidArgumentError(
-                f"input {alias} must be {tensor_spec.dtype_name} "
-                f"but {tensors.numpy_dtype_name(array.dtype)} was given"
-            )
-        # No shape check: TF Serving feeds the tensor to the session as it came (its own tests send
-        # `x` shaped [1] to half_plus_two's [-1,1] signature and expect y=[3.0]); a shape the graph
-        # cannot run fails there, as INVALID_ARGUMENT (serving/runtime.py).
-        checked[alias] = array
-    return checked
-
-
-def validate_output_filter(spec: SignatureSpec, output_filter: Sequence[str]) -> list[str]:
-    if not output_filter:
-        return sorted(spec.outputs)
-    seen: list[str] = []
-    for alias in output_filter:
-        if alias not in spec.outputs:
-            raise InvalidArgumentError(
-                f"output tensor alias not found in signature: {alias} "
-                f"Outputs expected to be in the set {{{','.join(sorted(spec.outputs))}}}."
-            )
-        if alias in seen:
-            raise InvalidArgumentError(f"duplicate output tensor alias: {alias}")
-        seen.append(alias)
-    return seen

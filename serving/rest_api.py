@@ -43,7 +43,8 @@ from serving.errors import (
 )
 from serving.grpc_api import SIGNATURE_DEF_FIELD, metadata_response, status_response
 from serving.metrics import ServerMetrics
-from serving.model_manager import ModelManager, require_model_name
+from serving.model_manager import ModelManager
+from serving.request_checks import require_model_name
 from serving.runtime import SignatureSpec, TensorSpec
 
 _VERSION_OR_LABEL = r"(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"

@@ -34,9 +34,10 @@ from common.logs import configure_logging
 from serving.batching import BatchingOptions, BatchScheduler
 from serving.grpc_api import HealthReporter, create_grpc_server, server_credentials
 from serving.metrics import ServerMetrics, prometheus_path_from_monitoring_config
-from serving.model_manager import ModelManager, parse_prefix_map, validate_config
+from serving.model_manager import ModelManager
 from serving.rest_api import create_rest_app
 from serving.runtime import RuntimeFactory, configure_tensorflow_threads, load_runtime, read_session_config
+from serving.server_config import parse_prefix_map, validate_config
 from serving.settings import ServerSettings, get_settings
 
 logger = logging.getLogger("serving.server")

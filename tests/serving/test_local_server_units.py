@@ -34,21 +34,14 @@ from serving.errors import (
 )
 from serving.grpc_api import parse_channel_arguments
 from serving.metrics import Histogram, ServerMetrics, prometheus_path_from_monitoring_config
-from serving.model_manager import (
-    ModelManager,
-    VersionState,
-    aspired_versions,
-    map_base_path,
-    parse_prefix_map,
-    read_tfrecords,
-    validate_config,
-)
+from serving.model_manager import ModelManager, VersionState, read_tfrecords
 from serving.rest_api import inputs_from_json, outputs_to_json
 from serving.runtime import (
     SignatureSpec,
     TensorSpec,
     read_signatures,
 )
+from serving.server_config import aspired_versions, map_base_path, parse_prefix_map, validate_config
 from serving.settings import get_settings
 from tests.serving.local_server_support import Client, config_text, eventually, free_port
 

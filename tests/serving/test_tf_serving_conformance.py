@@ -1356,7 +1356,7 @@ def aspired(base: Path, policy: str = "") -> dict[int, str]:
     """{version: folder name} the server aspires to for `base` under the text-proto `policy`."""
     from google.protobuf import text_format
 
-    from serving.model_manager import aspired_versions, validate_config
+    from serving.server_config import aspired_versions, validate_config
 
     config = model_config.ModelServerConfig()
     entry = config.model_config_list.config.add(name="test_servable_name", base_path=str(base))
