@@ -1,5 +1,6 @@
-"""TF Serving's checks of a Predict request against a signature, with its messages: the model
-name, the input aliases and dtypes, the output filter. Both APIs reach them through ModelManager."""
+"""TF Serving's checks of a request, with its messages: the model name (every request), and a
+Predict's input aliases and dtypes and output filter against the signature. ModelManager applies
+them to what both APIs route through it; the REST API checks a status URL's model name itself."""
 
 from __future__ import annotations
 
