@@ -53,8 +53,9 @@ HALF_PLUS_TWO_TF2 = TESTDATA / "saved_model_half_plus_two_tf2_cpu"
 
 
 def model_version(model_path: Path) -> int:
-    """_GetModelVersion: the one integer folder under the base path."""
-    return int(next(path.name for path in model_path.iterdir() if path.name.isdigit()))
+    """_GetModelVersion: the one integer folder under the base path (the one version-folder rule)."""
+    (version,) = model_versions.versions(model_path)
+    return version
 
 
 @pytest.fixture(scope="module")
