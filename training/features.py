@@ -146,7 +146,8 @@ def _cache_key(examples: Sequence[Example], backbone: str, view: str) -> str:
         f"{preprocessing.DRAFT_MARGIN}|".encode()
     )
     for example in examples:
-        digest.update(f"{example.path}|{example.path.stat().st_size}|".encode())
+        # Resolved: `../shared/data` and `/work/shared/data` are the same files, one cache.
+        digest.update(f"{example.path.resolve()}|{example.path.stat().st_size}|".encode())
     return digest.hexdigest()
 
 
@@ -197,10 +198,16 @@ def extract(examples: Sequence[Example], backbone: str, view: str, cache_dir: Pa
 
 @functools.cache
 def groups_for(backbone: str) -> FeatureGroups:
-    """The column layout of `backbone`'s features (builds the base without weights: cheap)."""
+    """The column layout of `backbone`'s features (builds the base without weights: cheap).
+
+    A combined backbone's layout is its parts' side by side: a group name selects that group in
+    every part.
+    """
     from training import models
 
-    return feature_groups(models.build_tapped_base(backbone, None))
+    parts = [feature_groups(models.build_tapped_base(part, None)) for part in models.backbone_parts(backbone)]
+    names = tuple(name for part in parts for name in part.names)
+    return FeatureGroups(names, tuple(width for part in parts for width in part.widths))
 
 
 class FeatureStore:
@@ -212,6 +219,14 @@ class FeatureStore:
         self._loaded: dict[tuple[str, str], np.ndarray] = {}
 
     def get(self, backbone: str, view: str) -> np.ndarray:
+        """float32 [images, features]; a combined backbone's are its parts' side by side (each cached)."""
+        from training.models import backbone_parts
+
         if (backbone, view) not in self._loaded:
-            self._loaded[(backbone, view)] = extract(self.examples, backbone, view, self.cache_dir)
+            parts = backbone_parts(backbone)
+            self._loaded[(backbone, view)] = (
+                extract(self.examples, backbone, view, self.cache_dir)
+                if len(parts) == 1
+                else np.concatenate([self.get(part, view) for part in parts], axis=1)
+            )
         return self._loaded[(backbone, view)]

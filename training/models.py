@@ -140,12 +140,28 @@ def backbone_spec(name: str) -> BackboneSpec:
         raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}") from None
 
 
+# Several backbones side by side, their statistics concatenated: "efficientnet_lite1+efficientnet_lite2".
+BACKBONE_SEPARATOR = "+"
+
+
+def backbone_parts(backbone: str) -> tuple[str, ...]:
+    """The backbones a (possibly combined) backbone name stands for, each checked."""
+    parts = tuple(backbone.split(BACKBONE_SEPARATOR))
+    for part in parts:
+        backbone_spec(part)
+    if len(set(parts)) != len(parts):
+        raise ValueError(f"backbone {backbone!r} names a backbone twice")
+    return parts
+
+
 # Taps for the statistics features: the outputs of EfficientNet-Lite stages 1..5 and of the head.
 TAP_STAGES = (1, 2, 3, 4, 5)
 TAP_NAMES = (*(f"stage{stage}" for stage in TAP_STAGES), "head")
 
 
-def build_tapped_base(backbone: str, weights: WeightsSpec = "imagenet") -> keras.Model:
+def build_tapped_base(
+    backbone: str, weights: WeightsSpec = "imagenet", name: str = BASE_LAYER
+) -> keras.Model:
     """An EfficientNet-Lite base whose outputs are the taps (stage 1..5 outputs and the head), any size."""
     spec = backbone_spec(backbone)
     if spec.normalization != "lite":
@@ -158,7 +174,7 @@ def build_tapped_base(backbone: str, weights: WeightsSpec = "imagenet") -> keras
     names = [layer.name for layer in base.layers]
     taps = [[name for name in names if name.startswith(f"blocks_{stage}_")][-1] for stage in TAP_STAGES]
     outputs = [base.get_layer(name).output for name in [*taps, "head_relu6"]]
-    return keras.Model(base.input, outputs, name=BASE_LAYER)
+    return keras.Model(base.input, outputs, name=name)
 
 
 @keras.saving.register_keras_serializable(package="aidetect")
@@ -243,17 +259,28 @@ def build_statistics_classifier(
     The function LOSO measures (training.recipes.FittedHead on training.features), as one Keras
     model: `head_layers` are the fitted Dense weights ([kernel, bias] each; one = logistic, two =
     the reference head, hidden ReLU layer first). With `test_time_flip` the logit is the mean of
-    the image's and its mirror image's.
+    the image's and its mirror image's. A combined `backbone` ("efficientnet_lite1+efficientnet_lite2")
+    runs each base on the image and concatenates their statistics in that order, as
+    training.features.FeatureStore does; its bases are named `backbone_<name>`.
     """
     import numpy as np
 
-    base = build_tapped_base(backbone, weights)
-    base.trainable = False
+    parts = backbone_parts(backbone)
+    bases = [
+        build_tapped_base(part, weights, BASE_LAYER if len(parts) == 1 else f"{BASE_LAYER}_{part}")
+        for part in parts
+    ]
+    normalizations = {backbone_spec(part).normalization for part in parts}
+    if len(normalizations) != 1:
+        raise ValueError(f"the backbones of {backbone!r} normalize their input differently")
+    for base in bases:
+        base.trainable = False
     images = keras.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, 3), dtype="uint8", name=INPUT_NAME)
-    normalized = BackboneNormalization(backbone_spec(backbone).normalization, name="normalization")(images)
+    normalized = BackboneNormalization(normalizations.pop(), name="normalization")(images)
     variance = np.square(np.asarray(feature_scale, dtype=np.float32))
+    statistics = ChannelStatistics(name="statistics")
+    concatenate = keras.layers.Concatenate(name="statistics_concatenated") if len(bases) > 1 else None
     layers: list[keras.layers.Layer] = [
-        ChannelStatistics(name="statistics"),
         SelectColumns(columns, name="select"),
         keras.layers.Normalization(
             mean=np.asarray(feature_mean, dtype=np.float32), variance=variance, name="standardize"
@@ -267,7 +294,8 @@ def build_statistics_classifier(
         layers.append(keras.layers.Dense(units, activation=None if last else "relu", name=name))
 
     def head(pixels: keras.KerasTensor) -> keras.KerasTensor:
-        values = base(pixels, training=False)
+        per_base = [statistics(base(pixels, training=False)) for base in bases]
+        values = concatenate(per_base) if concatenate else per_base[0]
         for layer in layers:
             values = layer(values)
         return values
@@ -278,7 +306,7 @@ def build_statistics_classifier(
     else:
         logit = head(normalized)
     probability = keras.layers.Activation("sigmoid", name=PROBABILITY_LAYER)(logit)
-    model = keras.Model(images, probability, name=f"aidetect_{backbone}_statistics")
+    model = keras.Model(images, probability, name=f"aidetect_{'_'.join(parts)}_statistics")
     dense_layers = [layer for layer in layers if isinstance(layer, keras.layers.Dense)]
     for layer, weights_pair in zip(dense_layers, head_layers, strict=True):
         layer.set_weights([np.asarray(weight, dtype=np.float32) for weight in weights_pair])

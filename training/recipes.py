@@ -135,6 +135,14 @@ RECIPES: dict[str, Recipe] = {
             groups=STAGE_GROUPS,
             regularization=0.005,
         ),
+        Recipe(
+            "stages_lite12_reference_head",
+            "as stages_reference_head, EfficientNet-Lite1 and Lite2 stage statistics side by side",
+            backbone="efficientnet_lite1+efficientnet_lite2",
+            groups=STAGE_GROUPS,
+            augmentation_views=AUGMENTATION_VIEWS,
+            head="reference",
+        ),
     )
 }
 
