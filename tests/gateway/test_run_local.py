@@ -108,7 +108,7 @@ def test_run_local_starts_both_and_stops_on_ctrl_c(tiny_model_repository: TinyMo
         try:
             assert any(f"open {url}/" in line for line in launched.lines)
             assert httpx.get(f"{url}/ready", timeout=30).status_code == 200
-            # fp32 by default: the shipped model is refused in bfloat16 (docs/performance.md).
+            # fp32 by default, as production serves (docs/performance.md).
             (server,) = [child for child in launched.children if "serving.server" in child.cmdline()]
             assert not [flag for flag in server.cmdline() if "session_config" in flag]
             model = httpx.get(f"{url}/v1/model", timeout=30).json()
