@@ -270,13 +270,11 @@ def build_statistics_classifier(
         build_tapped_base(part, weights, BASE_LAYER if len(parts) == 1 else f"{BASE_LAYER}_{part}")
         for part in parts
     ]
-    normalizations = {backbone_spec(part).normalization for part in parts}
-    if len(normalizations) != 1:
-        raise ValueError(f"the backbones of {backbone!r} normalize their input differently")
     for base in bases:
         base.trainable = False
     images = keras.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, 3), dtype="uint8", name=INPUT_NAME)
-    normalized = BackboneNormalization(normalizations.pop(), name="normalization")(images)
+    # build_tapped_base takes only EfficientNet-Lite bases, which share one normalization.
+    normalized = BackboneNormalization(backbone_spec(parts[0]).normalization, name="normalization")(images)
     variance = np.square(np.asarray(feature_scale, dtype=np.float32))
     statistics = ChannelStatistics(name="statistics")
     concatenate = keras.layers.Concatenate(name="statistics_concatenated") if len(bases) > 1 else None
