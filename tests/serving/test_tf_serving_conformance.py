@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -90,6 +91,10 @@ class Servers:
         return server
 
     def stop_all(self) -> None:
+        """SIGTERM to every server first, so they shut down side by side, then wait for each."""
+        for server in self.running.values():
+            if server.process.poll() is None:
+                server.process.send_signal(signal.SIGTERM)
         for server in self.running.values():
             server.stop()
 
