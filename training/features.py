@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -118,13 +119,14 @@ def view_pixels(example: Example, view: str) -> np.ndarray:
     return preprocessing.resize_to_model_input(image, recompress=False)
 
 
-def build_extractor(backbone: str) -> object:
-    """uint8 [N, H, W, 3] -> float32 [N, features]: the statistics of every tap, concatenated."""
+def build_extractor(backbone: str, weights: str | None = "imagenet") -> Any:
+    """uint8 [N, H, W, 3] -> float32 [N, features]: the statistics of every tap, concatenated (the
+    tapped base is the layer named `training.models.BASE_LAYER`)."""
     import keras
 
     from training import models
 
-    base = models.build_tapped_base(backbone, "imagenet")  # refuses backbones without taps
+    base = models.build_tapped_base(backbone, weights)  # refuses backbones without taps
     images = keras.Input(shape=(None, None, 3), dtype="uint8")
     normalized = models.BackboneNormalization(models.backbone_spec(backbone).normalization)(images)
     return keras.Model(images, models.ChannelStatistics()(base(normalized, training=False)))
@@ -219,14 +221,16 @@ class FeatureStore:
         self._loaded: dict[tuple[str, str], np.ndarray] = {}
 
     def get(self, backbone: str, view: str) -> np.ndarray:
-        """float32 [images, features]; a combined backbone's are its parts' side by side (each cached)."""
+        """float32 [images, features]; a combined backbone's are its parts' side by side (each part
+        cached on disk; in memory only the matrix asked for, so a part is not held twice)."""
         from training.models import backbone_parts
 
         if (backbone, view) not in self._loaded:
-            parts = backbone_parts(backbone)
-            self._loaded[(backbone, view)] = (
-                extract(self.examples, backbone, view, self.cache_dir)
-                if len(parts) == 1
-                else np.concatenate([self.get(part, view) for part in parts], axis=1)
-            )
+            parts = [
+                self._loaded[(part, view)]
+                if (part, view) in self._loaded
+                else extract(self.examples, part, view, self.cache_dir)
+                for part in backbone_parts(backbone)
+            ]
+            self._loaded[(backbone, view)] = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
         return self._loaded[(backbone, view)]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from common.preprocessing import IMAGE_SIZE
-from training import models, recipes
+from training import features, models, recipes
 
 pytestmark = pytest.mark.model
 
@@ -18,10 +18,8 @@ pytestmark = pytest.mark.model
 @pytest.fixture(scope="module")
 def extractor_and_images() -> tuple[keras.Model, keras.Model, np.ndarray]:
     keras.utils.set_random_seed(3)
-    tapped = models.build_tapped_base("efficientnet_lite0", None)
-    images = keras.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, 3), dtype="uint8")
-    normalized = models.BackboneNormalization("lite")(images)
-    extractor = keras.Model(images, models.ChannelStatistics()(tapped(normalized, training=False)))
+    extractor = features.build_extractor("efficientnet_lite0", weights=None)
+    tapped = extractor.get_layer(models.BASE_LAYER)
     pixels = np.random.default_rng(0).integers(0, 256, (4, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     return extractor, tapped, pixels
 
@@ -70,19 +68,14 @@ def test_keras_model_reproduces_the_fitted_head(
 def test_combined_backbones_compute_the_head_on_their_statistics_side_by_side(tmp_path: Path) -> None:
     """Two backbones in one model == the head on the two extractors' statistics concatenated,
     with the columns features.groups_for picks for the combined name (the FeatureStore's layout)."""
-    from training import features
-
     keras.utils.set_random_seed(5)
     parts = ("efficientnet_lite0", "efficientnet_lite1")
     combined = models.BACKBONE_SEPARATOR.join(parts)
     pixels = np.random.default_rng(2).integers(0, 256, (2, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     tapped, statistics = [], []
     for part in parts:
-        base = models.build_tapped_base(part, None)
-        images = keras.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, 3), dtype="uint8")
-        normalized = models.BackboneNormalization("lite")(images)
-        extractor = keras.Model(images, models.ChannelStatistics()(base(normalized, training=False)))
-        tapped.append(base)
+        extractor = features.build_extractor(part, weights=None)
+        tapped.append(extractor.get_layer(models.BASE_LAYER))
         statistics.append(np.asarray(extractor(pixels)))
     features_side_by_side = np.concatenate(statistics, axis=1)
 
@@ -125,8 +118,6 @@ def test_a_combined_backbone_name_is_checked(name: str) -> None:
 def test_the_feature_store_puts_a_combined_backbones_parts_side_by_side(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from training import features
-
     computed: list[tuple[str, str]] = []
 
     def fake_extract(examples: object, backbone: str, view: str, cache_dir: Path) -> np.ndarray:
@@ -136,7 +127,13 @@ def test_the_feature_store_puts_a_combined_backbones_parts_side_by_side(
     monkeypatch.setattr(features, "extract", fake_extract)
     store = features.FeatureStore([], tmp_path)
     combined = store.get("efficientnet_lite2+efficientnet_lite1", "clean")
+    assert computed == [("efficientnet_lite2", "clean"), ("efficientnet_lite1", "clean")]
     parts = [store.get("efficientnet_lite2", "clean"), store.get("efficientnet_lite1", "clean")]
     np.testing.assert_array_equal(combined, np.concatenate(parts, axis=1))
     assert combined.shape == (3, 6)
-    assert computed == [("efficientnet_lite2", "clean"), ("efficientnet_lite1", "clean")]  # each part once
+    # The combined matrix did not keep its parts in memory: asked alone, they come from the cache again.
+    assert computed == [("efficientnet_lite2", "clean"), ("efficientnet_lite1", "clean")] * 2
+    # Parts already in memory are used as they are.
+    swapped = store.get("efficientnet_lite1+efficientnet_lite2", "clean")
+    np.testing.assert_array_equal(swapped, np.concatenate(parts[::-1], axis=1))
+    assert len(computed) == 4
